@@ -1,0 +1,46 @@
+# Two commands do all the set-up on a fresh clone: `make test` and `make demo`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+# Parallel workers for pytest-xdist ("auto" = one per core).
+PYTEST_WORKERS ?= auto
+PYTEST_ARGS ?=
+PORT ?= 8000
+
+.PHONY: install test lint format migrations-check demo bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade --quiet pip
+
+$(STAMP): requirements.txt requirements-bench.txt pyproject.toml | $(PY)
+	$(PIP) install --quiet -r requirements-bench.txt
+	$(PIP) install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+migrations-check: install
+	DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py makemigrations --check --dry-run
+
+test: lint migrations-check
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m demo_project.run --port $(PORT)
+
+bench: install
+	$(PY) -m bench.decisions
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

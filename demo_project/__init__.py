@@ -1,0 +1,1 @@
+"""The demo project: shows ratelimit_app limiting real endpoints."""

@@ -1,0 +1,21 @@
+-- fixed_window: at most `capacity` units per window of `period` ms; windows
+-- are aligned to the Unix epoch.
+-- KEYS: the counter key, a string "window_start_ms:used".
+-- ARGV (per rule, unpacked by the driver): limit, period_ms, capacity, cost.
+-- Returns: ok, available, retry, reset_now, reset_next, commit (see prelude).
+-- TTL: the rest of the window (<= period).
+ALGORITHMS.fixed_window = function(key, now, limit, period, capacity, cost)
+  local start = now - now % period
+  local used = 0
+  local s, u = parse_state(redis.call('GET', key), '^(%d+):(%d+)$')
+  if s and tonumber(s) == start then used = tonumber(u) end
+  local left = period - (now - start)
+  local available = math.max(0, capacity - used)
+  local ok = cost <= available
+  local retry = ok and 0 or left
+  local reset_now = used > 0 and left or 0
+  local function commit()
+    redis.call('SET', key, int(start) .. ':' .. int(used + cost), 'PX', left)
+  end
+  return ok, available, retry, reset_now, left, commit
+end

@@ -1,0 +1,27 @@
+-- gcra: the generic cell rate algorithm (virtual scheduling). Each unit moves
+-- the theoretical arrival time (TAT) on by period / limit ms; a request passes
+-- when its new TAT is at most capacity * period / limit ms ahead of now.
+-- KEYS: a string "tat_ms:fraction", TAT = tat_ms + fraction / limit exactly.
+-- ARGV (per rule, unpacked by the driver): limit, period_ms, capacity, cost.
+-- Returns: ok, available, retry, reset_now, reset_next, commit (see prelude).
+-- TTL: until the TAT (the time for the state to be full again).
+ALGORITHMS.gcra = function(key, now, limit, period, capacity, cost)
+  -- debt = (TAT - now) * limit, never negative: a past TAT means "full".
+  local debt = 0
+  local t, f = parse_state(redis.call('GET', key), '^(%d+):(%d+)$')
+  if t then
+    debt = math.max(0, (tonumber(t) - now) * limit + tonumber(f))
+  end
+  local tolerance = capacity * period
+  local need = cost * period
+  local ok = debt + need <= tolerance
+  local retry = ok and 0 or ceil_div(debt + need - tolerance, limit)
+  local reset_next = ceil_div(debt + need, limit)
+  local function commit()
+    local after = debt + need
+    local tat = now + math.floor(after / limit)
+    redis.call('SET', key, int(tat) .. ':' .. int(after % limit), 'PX', reset_next)
+  end
+  return ok, math.max(0, math.floor((tolerance - debt) / period)), retry,
+    ceil_div(debt, limit), reset_next, commit
+end

@@ -1,0 +1,33 @@
+-- leaky_bucket: the leaky bucket as a meter. Each request pours `cost` into
+-- a bucket of `capacity` that leaks `limit` units per `period` ms; a request
+-- that would overflow it is denied (never queued or delayed).
+-- KEYS: a string "level_scaled:updated_ms"; the level is scaled by `period`
+-- so the leak (`limit` scaled units per ms) stays in integers.
+-- ARGV (per rule, unpacked by the driver): limit, period_ms, capacity, cost.
+-- Returns: ok, available, retry, reset_now, reset_next, commit (see prelude).
+-- TTL: the time for the bucket to drain completely.
+ALGORITHMS.leaky_bucket = function(key, now, limit, period, capacity, cost)
+  local full = capacity * period
+  local level = 0
+  local l, ts = parse_state(redis.call('GET', key), '^(%d+):(%d+)$')
+  if l then
+    level = tonumber(l)
+    local elapsed = now - tonumber(ts)
+    if elapsed > 0 then
+      if elapsed >= ceil_div(level, limit) then
+        level = 0
+      else
+        level = level - elapsed * limit
+      end
+    end
+  end
+  local need = cost * period
+  local ok = level + need <= full
+  local retry = ok and 0 or ceil_div(level + need - full, limit)
+  local reset_next = ceil_div(level + need, limit)
+  local function commit()
+    redis.call('SET', key, int(level + need) .. ':' .. int(now), 'PX', reset_next)
+  end
+  return ok, math.max(0, math.floor((full - level) / period)), retry,
+    ceil_div(level, limit), reset_next, commit
+end

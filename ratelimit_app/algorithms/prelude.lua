@@ -1,0 +1,28 @@
+-- prelude: helpers shared by every algorithm; concatenated first.
+-- Every algorithm registers ALGORITHMS.<name> = function(key, now, limit,
+-- period, capacity, cost) and returns, without writing anything:
+--   ok          boolean: `cost` units can be consumed now
+--   available   integer units available now (before consuming)
+--   retry       ms until `cost` units can pass (0 when ok)
+--   reset_now   ms until the state is back to full, from the current state
+--   reset_next  ms until full after consuming `cost` (also the key's TTL)
+--   commit      function that writes the consumed state
+-- Quantities are integers kept below 2^50 (checked in Python), so IEEE
+-- doubles represent them exactly.
+local ALGORITHMS = {}
+
+-- Lua's tostring keeps 14 significant digits; timestamps need more.
+local function int(x)
+  return string.format('%d', x)
+end
+
+local function ceil_div(a, b)
+  return math.ceil(a / b)
+end
+
+-- Parse "a:b[:c]" state strings written by int(); nil when absent or corrupt,
+-- so a damaged key reads as a fresh client instead of failing the request.
+local function parse_state(value, pattern)
+  if not value then return nil end
+  return string.match(value, pattern)
+end

@@ -1,0 +1,52 @@
+-- sliding_window_counter: the two-window weighted estimate. The previous
+-- window's count weighs (period - elapsed) / period; a request passes when
+-- previous * weight + current + cost <= capacity. Windows align to the epoch.
+-- KEYS: a string "window_start_ms:current:previous".
+-- ARGV (per rule, unpacked by the driver): limit, period_ms, capacity, cost.
+-- Returns: ok, available, retry, reset_now, reset_next, commit (see prelude).
+-- TTL: until the current window's count stops weighing (<= 2 * period).
+ALGORITHMS.sliding_window_counter = function(key, now, limit, period, capacity, cost)
+  local start = now - now % period
+  local current, previous = 0, 0
+  local s, c, p = parse_state(redis.call('GET', key), '^(%d+):(%d+):(%d+)$')
+  if s then
+    s = tonumber(s)
+    if s == start then
+      current, previous = tonumber(c), tonumber(p)
+    elseif s == start - period then
+      previous = tonumber(c)
+    end
+  end
+  local elapsed = now - start
+  local left = period - elapsed
+  -- Everything scaled by `period` to stay in integers.
+  local used = previous * left + current * period
+  local room = capacity * period - used
+  local available = math.max(0, math.floor(room / period))
+  local ok = cost * period <= room
+  local retry = 0
+  if not ok and cost <= capacity then
+    local spare = capacity - current - cost
+    local at = period  -- elapsed time at which it passes, if in this window
+    if spare >= 0 and previous > 0 then
+      at = period - math.floor(spare * period / previous)
+    end
+    if at < period then
+      retry = at - elapsed
+    elseif current == 0 then
+      retry = left
+    else
+      -- Next window: the current count becomes the weighted one.
+      local next_at = period - math.floor((capacity - cost) * period / current)
+      retry = left + math.max(0, next_at)
+    end
+  end
+  local reset_now = 0
+  if current > 0 then reset_now = left + period
+  elseif previous > 0 then reset_now = left end
+  local function commit()
+    local state = int(start) .. ':' .. int(current + cost) .. ':' .. int(previous)
+    redis.call('SET', key, state, 'PX', left + period)
+  end
+  return ok, available, retry, reset_now, left + period, commit
+end

@@ -1,0 +1,32 @@
+-- token_bucket: a bucket of `capacity` tokens, full at first, refilled at
+-- `limit` tokens per `period` ms; a request takes `cost` tokens.
+-- KEYS: a string "tokens_scaled:updated_ms"; tokens are scaled by `period`
+-- so refill (`limit` scaled units per ms) stays in integers.
+-- ARGV (per rule, unpacked by the driver): limit, period_ms, capacity, cost.
+-- Returns: ok, available, retry, reset_now, reset_next, commit (see prelude).
+-- TTL: the time to refill completely.
+ALGORITHMS.token_bucket = function(key, now, limit, period, capacity, cost)
+  local full = capacity * period
+  local tokens = full
+  local t, ts = parse_state(redis.call('GET', key), '^(%d+):(%d+)$')
+  if t then
+    tokens = math.min(full, tonumber(t))
+    local elapsed = now - tonumber(ts)
+    if elapsed > 0 then
+      if elapsed >= ceil_div(full - tokens, limit) then
+        tokens = full
+      else
+        tokens = tokens + elapsed * limit
+      end
+    end
+  end
+  local need = cost * period
+  local ok = tokens >= need
+  local retry = ok and 0 or ceil_div(need - tokens, limit)
+  local reset_next = ceil_div(full - tokens + need, limit)
+  local function commit()
+    redis.call('SET', key, int(tokens - need) .. ':' .. int(now), 'PX', reset_next)
+  end
+  return ok, math.floor(tokens / period), retry,
+    ceil_div(full - tokens, limit), reset_next, commit
+end

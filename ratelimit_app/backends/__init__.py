@@ -1,0 +1,1 @@
+"""Redis connections and script execution for the limiter."""

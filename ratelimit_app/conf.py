@@ -1,0 +1,113 @@
+"""The RATELIMIT settings dict: every default with one comment, read lazily."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from functools import cache
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+
+DEFAULTS: dict[str, Any] = {
+    # Redis URL for the limiter (redis://, rediss://, unix://). None: use the
+    # django-redis cache named by CACHE_ALIAS.
+    "REDIS_URL": None,
+    # django-redis cache alias used when REDIS_URL is not set.
+    "CACHE_ALIAS": "default",
+    # Prefix of every Redis key; the key layout version is appended to it.
+    "KEY_PREFIX": "rl:",
+    # Secret for the keyed hash of identities. None: derived from SECRET_KEY
+    # (rotating SECRET_KEY then starts every client with fresh counters).
+    "KEY_SECRET": None,
+    # Number of hash-tag shards; all keys of one identity share one shard, so
+    # every decision for a client is one call even on Redis Cluster.
+    "SHARDS": 1024,
+}
+
+# Bumped when the key layout changes, so old and new releases can run side by
+# side during a rolling upgrade without reading each other's state.
+KEY_LAYOUT_VERSION = "1"
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{0,64}$")
+
+
+@cache
+def get_settings() -> dict[str, Any]:
+    """The merged RATELIMIT settings; cached until Django reports a change."""
+    user = getattr(django_settings, "RATELIMIT", None) or {}
+    if not isinstance(user, dict):
+        raise ImproperlyConfigured(
+            "settings.RATELIMIT must be a dict, e.g. RATELIMIT = {'REDIS_URL': "
+            f"'redis://127.0.0.1:6379/0'}}; got {type(user).__name__}."
+        )
+    unknown = sorted(set(user) - set(DEFAULTS))
+    if unknown:
+        raise ImproperlyConfigured(
+            f"Unknown RATELIMIT setting(s): {', '.join(unknown)}. "
+            f"Known settings: {', '.join(sorted(DEFAULTS))}."
+        )
+    return {**DEFAULTS, **user}
+
+
+def get(name: str) -> Any:
+    return get_settings()[name]
+
+
+def key_prefix() -> str:
+    """The configured prefix plus the key layout version, e.g. ``rl:1:``."""
+    prefix = get("KEY_PREFIX")
+    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
+        raise ImproperlyConfigured(
+            f"RATELIMIT['KEY_PREFIX'] = {prefix!r} is not allowed: use up to 64 "
+            "characters from A-Z a-z 0-9 _ . : - (braces would break the "
+            "Redis Cluster hash tag)."
+        )
+    return f"{prefix}{KEY_LAYOUT_VERSION}:"
+
+
+def key_secret() -> bytes:
+    """The secret for hashing identities into keys."""
+    secret = get("KEY_SECRET")
+    if secret is None:
+        base = django_settings.SECRET_KEY.encode()
+        return hmac.digest(base, b"ratelimit_app.identity-key", hashlib.sha256)
+    if isinstance(secret, str):
+        secret = secret.encode()
+    if not isinstance(secret, bytes) or len(secret) < 16:
+        raise ImproperlyConfigured(
+            "RATELIMIT['KEY_SECRET'] must be a str or bytes of at least 16 "
+            "characters; leave it unset to derive one from SECRET_KEY."
+        )
+    return secret
+
+
+def shard_count() -> int:
+    shards = get("SHARDS")
+    if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
+        raise ImproperlyConfigured(
+            f"RATELIMIT['SHARDS'] = {shards!r}: use a positive integer (default 1024)."
+        )
+    return shards
+
+
+_listeners: list = []
+
+
+def on_change(callback) -> None:
+    """Register a callback run whenever RATELIMIT (or SECRET_KEY) changes."""
+    _listeners.append(callback)
+
+
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("RATELIMIT", "SECRET_KEY", "CACHES"):
+        get_settings.cache_clear()
+        for callback in _listeners:
+            callback()
+
+
+def connect_signals() -> None:
+    setting_changed.connect(_reset, dispatch_uid="ratelimit_app.conf.reset")

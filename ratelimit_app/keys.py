@@ -1,0 +1,62 @@
+"""Redis key names: hashed identities, shard hash tags, layout-versioned prefix."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from functools import lru_cache
+
+from .types import ALGORITHMS, Identity
+
+# Short, stable codes: the key names the algorithm, never the rate, so an
+# edited rate applies to the current state instead of resetting it.
+ALGORITHM_CODES = {
+    "fixed_window": "fw",
+    "sliding_window_log": "swl",
+    "sliding_window_counter": "swc",
+    "token_bucket": "tb",
+    "leaky_bucket": "lb",
+    "gcra": "gcra",
+}
+assert set(ALGORITHM_CODES) == set(ALGORITHMS)
+
+_PLAIN_SCOPE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def identity_bytes(identity: Identity) -> bytes:
+    """Any identity as bytes; lone surrogates survive instead of raising."""
+    if isinstance(identity, bytes):
+        return identity
+    return str(identity).encode("utf-8", "surrogatepass")
+
+
+def hash_identity(secret: bytes, identity: Identity) -> tuple[int, str]:
+    """(shard seed, 22-character digest) of an identity under a keyed hash."""
+    digest = hmac.digest(secret, identity_bytes(identity), hashlib.sha256)[:16]
+    seed = int.from_bytes(digest[:4], "big")
+    return seed, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+@lru_cache(maxsize=4096)
+def scope_part(scope: str) -> str:
+    """A readable scope when it is a plain slug, else a fixed-length hash."""
+    if _PLAIN_SCOPE.match(scope):
+        return scope
+    raw = scope.encode("utf-8", "surrogatepass")
+    return "~" + hashlib.blake2b(raw, digest_size=12).hexdigest()
+
+
+def identity_base(prefix: str, shards: int, secret: bytes, identity: Identity) -> str:
+    """The part of a key shared by every scope of one identity.
+
+    Example: ``rl:1:{s417}:Zx3...`` — the hash tag keeps every key of the
+    identity (all scopes, all algorithms) in one Redis Cluster slot.
+    """
+    seed, digest = hash_identity(secret, identity)
+    return f"{prefix}{{s{seed % shards}}}:{digest}"
+
+
+def rule_key(base: str, scope: str, algorithm: str) -> str:
+    return f"{base}:{scope_part(scope)}:{ALGORITHM_CODES[algorithm]}"

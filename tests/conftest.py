@@ -1,0 +1,72 @@
+"""Real services for the tests: a real Redis for every test, isolated keys."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import redis
+
+from ratelimit_app.testing import ManualClock, RedisServer, find_redis_url
+
+# Decide on Redis before Django settings are read: REDIS_URL, else
+# 127.0.0.1:6379, else a private redis-server for this test process.
+_private_server: RedisServer | None = None
+_url = find_redis_url()
+if _url is None:
+    _private_server = RedisServer().start()
+    _url = _private_server.url
+os.environ["REDIS_URL"] = _url
+
+
+def pytest_unconfigure(config):
+    if _private_server is not None:
+        _private_server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return _url
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def key_prefix(redis_client):
+    """A prefix of this test's own; its keys are deleted afterwards."""
+    prefix = f"rlt-{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    keys = list(redis_client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        redis_client.delete(*keys)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def make_limiter(redis_client, key_prefix):
+    """Build a Limiter on the test Redis with an isolated key prefix."""
+    from ratelimit_app.limiter import Limiter
+
+    def make(**kwargs):
+        kwargs.setdefault("client", redis_client)
+        kwargs.setdefault("prefix", key_prefix)
+        kwargs.setdefault("secret", b"test-secret-0123456789")
+        return Limiter(**kwargs)
+
+    return make
+
+
+@pytest.fixture
+def limiter(make_limiter, clock):
+    """A limiter driven by a manual clock."""
+    return make_limiter(clock=clock)
