@@ -61,11 +61,15 @@ def _unit_seconds(unit: str) -> float | None:
     return None
 
 
-@lru_cache(maxsize=1024)
 def parse_rate(rate: str) -> Rate:
     """Parse a rate string; raise ``ValueError`` naming it and the grammar."""
     if not isinstance(rate, str):
         raise ValueError(f"Rate must be a string such as '100/m', got {rate!r}.")
+    return _parse(rate)
+
+
+@lru_cache(maxsize=1024)
+def _parse(rate: str) -> Rate:
     match = _RATE_RE.match(rate)
     seconds = match and _unit_seconds(match["unit"])
     if not match or seconds is None:
