@@ -1,0 +1,266 @@
+"""The limiter API: all-or-nothing, shadow rules, keys, TTLs, NOSCRIPT, async."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio
+from django.test import override_settings
+
+from ratelimit_app import limiter as limiter_module
+from ratelimit_app.types import ALGORITHMS, Rule
+
+RATE = "5/10s"
+
+
+def exhaust(limiter, scope, identity="client", rate=RATE, algorithm="gcra"):
+    while limiter.hit(scope, identity, rate, algorithm=algorithm).allowed:
+        pass
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_blocked_call_consumes_from_no_rule(limiter, algorithm):
+    exhaust(limiter, "second", algorithm=algorithm)
+    rules = [
+        Rule("first", "client", RATE, algorithm),
+        Rule("second", "client", RATE, algorithm),
+    ]
+    first, second = limiter.hit_many(rules)
+    assert (first.allowed, first.reason, first.remaining) == (
+        True,
+        "not_consumed",
+        5,
+    )
+    assert (second.allowed, second.reason) == (False, "limit")
+    assert limiter.peek("first", "client", RATE, algorithm=algorithm).remaining == 5
+
+
+def test_an_allowed_call_consumes_from_every_rule(limiter):
+    rules = [
+        Rule("a", "client", RATE, "fixed_window", cost=2),
+        Rule("b", "client", "3/s", "token_bucket"),
+        Rule("c", "other-identity", "9/m", "sliding_window_log", cost=3),
+    ]
+    decisions = limiter.hit_many(rules)
+    assert [(d.allowed, d.remaining, d.scope) for d in decisions] == [
+        (True, 3, "a"),
+        (True, 2, "b"),
+        (True, 6, "c"),
+    ]
+
+
+def test_shadow_rules_report_but_never_block(limiter):
+    exhaust(limiter, "shadowed")
+    enforced, shadow = limiter.hit_many(
+        [
+            Rule("enforced", "client", RATE),
+            Rule("shadowed", "client", RATE, shadow=True),
+        ]
+    )
+    assert enforced.allowed and enforced.remaining == 4
+    assert (shadow.allowed, shadow.shadow, shadow.blocking) == (False, True, False)
+
+
+def test_shadow_rules_consume_nothing_when_an_enforcing_rule_blocks(limiter):
+    exhaust(limiter, "enforced")
+    enforced, shadow = limiter.hit_many(
+        [
+            Rule("enforced", "client", RATE),
+            Rule("shadowed", "client", RATE, shadow=True),
+        ]
+    )
+    assert enforced.blocking
+    assert (shadow.allowed, shadow.reason) == (True, "not_consumed")
+    assert limiter.peek("shadowed", "client", RATE).remaining == 5
+
+
+def test_shadow_rules_consume_when_the_call_passes(limiter):
+    limiter.hit_many([Rule("shadowed", "client", RATE, shadow=True)])
+    assert limiter.peek("shadowed", "client", RATE).remaining == 4
+
+
+def test_hit_many_of_nothing_makes_no_call(limiter):
+    assert limiter.hit_many([]) == []
+
+
+def test_rules_sharing_a_key_are_refused(limiter):
+    with pytest.raises(ValueError, match="own scope"):
+        limiter.hit_many([Rule("same", "client", RATE), Rule("same", "client", "1/s")])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"algorithm": "nope"}, ValueError, "Unknown algorithm 'nope'"),
+        ({"cost": 0}, ValueError, "cost must be a positive integer"),
+        ({"cost": 1.5}, ValueError, "cost must be a positive integer"),
+        ({"burst": 0}, ValueError, "burst must be a positive integer"),
+        ({"rate": "lots"}, ValueError, "Invalid rate 'lots'"),
+        ({"rate": "1000000000/d"}, ValueError, "too large to evaluate exactly"),
+        ({"scope": ""}, ValueError, "scope must be a non-empty string"),
+        ({"identity": None}, TypeError, "identity must be str, bytes or int"),
+        ({"identity": 1.5}, TypeError, "identity must be str, bytes or int"),
+    ],
+)
+def test_bad_arguments_are_refused_with_a_clear_message(limiter, kwargs, error, match):
+    arguments = {"scope": "s", "identity": "client", "rate": RATE} | kwargs
+    with pytest.raises(error, match=match):
+        limiter.hit(
+            arguments.pop("scope"),
+            arguments.pop("identity"),
+            arguments.pop("rate"),
+            **arguments,
+        )
+
+
+# The longest a key may live: the window (two for the counter) or the time to
+# refill completely. RATE is 5 per 10 s.
+TTL_BOUND_MS = {
+    "fixed_window": 10_000,
+    "sliding_window_log": 10_000,
+    "sliding_window_counter": 20_000,
+    "token_bucket": 10_000,
+    "leaky_bucket": 10_000,
+    "gcra": 10_000,
+}
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_key_has_a_ttl_within_the_algorithms_bound(
+    make_limiter, redis_client, key_prefix, algorithm
+):
+    limiter = make_limiter()  # Redis TIME: TTLs run on the server's clock
+    for identity in ("a", "b", b"\xff", 7):
+        for cost in (1, 4):
+            limiter.hit("ttl", identity, RATE, algorithm=algorithm, cost=cost)
+    keys = list(redis_client.scan_iter(match=f"{key_prefix}*"))
+    assert len(keys) == 4
+    for key in keys:
+        assert 0 < redis_client.pttl(key) <= TTL_BOUND_MS[algorithm]
+
+
+def test_denials_and_peeks_write_nothing(limiter, redis_client, key_prefix):
+    for algorithm in ALGORITHMS:
+        limiter.peek("quiet", "client", RATE, algorithm=algorithm)
+        limiter.hit("quiet", "client", RATE, algorithm=algorithm, cost=99)
+    assert list(redis_client.scan_iter(match=f"{key_prefix}*")) == []
+
+
+def test_recovers_after_script_flush(limiter, redis_client):
+    limiter.hit("flush", "client", RATE)
+    redis_client.script_flush()
+    assert limiter.hit("flush", "client", RATE).remaining == 3
+
+
+HOSTILE_IDENTITIES = [
+    "x" * 65_536,
+    "nul\x00byte",
+    b"\xff\xfe not utf-8",
+    "{tag}injection}{",
+    "lone \ud800 surrogate",
+    "rl:1:{s1}:*",
+    "",
+    "\U0001f600",
+    0,
+    -(10**30),
+]
+
+
+def test_hostile_identities_give_fixed_length_isolated_keys(limiter):
+    rules = [Rule("hostile", identity, RATE) for identity in HOSTILE_IDENTITIES]
+    keys = limiter.keys_for(rules)
+    assert len(set(keys)) == len(HOSTILE_IDENTITIES)
+    assert len({len(key) for key in keys}) <= 2  # shard number width varies
+    for key in keys:
+        assert len(key) < 64
+        assert key.count("{") == key.count("}") == 1
+        assert "tag" not in key and "\x00" not in key
+    for identity in HOSTILE_IDENTITIES:
+        assert limiter.hit("hostile", identity, RATE).remaining == 4
+
+
+def test_every_key_of_one_identity_shares_a_hash_tag(limiter):
+    keys = limiter.keys_for(
+        [
+            Rule(f"scope-{n}", "client", RATE, algorithm)
+            for n, algorithm in enumerate(ALGORITHMS)
+        ]
+    )
+    tags = {key[key.index("{") : key.index("}") + 1] for key in keys}
+    assert len(tags) == 1
+
+
+def test_keys_name_scope_and_algorithm_but_not_the_rate(limiter):
+    one = limiter.keys_for([Rule("login", "client", "5/m", "token_bucket")])
+    two = limiter.keys_for([Rule("login", "client", "50/h", "token_bucket")])
+    assert one == two
+    assert one[0].endswith(":login:tb")
+
+
+def test_unusual_scopes_are_hashed_to_a_fixed_length(limiter):
+    key = limiter.keys_for([Rule("a {weird} scope/" * 100, "client", RATE)])[0]
+    assert len(key) < 80 and ":~" in key
+
+
+def test_the_identity_hash_is_keyed(make_limiter):
+    rule = [Rule("s", "192.0.2.1", RATE)]
+    one = make_limiter(secret=b"first-secret-0123456789").keys_for(rule)
+    two = make_limiter(secret=b"other-secret-0123456789").keys_for(rule)
+    assert one != two
+
+
+def test_async_twins_share_state_with_the_sync_api(limiter, redis_url):
+    async def scenario():
+        limiter._async_client = redis.asyncio.from_url(redis_url)
+        try:
+            first = await limiter.ahit("async", "client", RATE, cost=2)
+            peeked = await limiter.apeek("async", "client", RATE)
+            many = await limiter.ahit_many([Rule("async", "client", RATE, cost=4)])
+            await limiter.areset("async", "client")
+            after_reset = await limiter.apeek("async", "client", RATE)
+            return first, peeked, many, after_reset
+        finally:
+            await limiter._async_client.aclose()
+
+    first, peeked, many, after_reset = asyncio.run(scenario())
+    assert (first.allowed, first.remaining) == (True, 3)
+    assert peeked.remaining == 3
+    assert (many[0].allowed, many[0].remaining) == (False, 3)
+    assert after_reset.remaining == 5
+    assert limiter.peek("async", "client", RATE).remaining == 5
+
+
+def test_async_recovers_after_script_flush(limiter, redis_url, redis_client):
+    async def scenario():
+        limiter._async_client = redis.asyncio.from_url(redis_url)
+        try:
+            await limiter.ahit("aflush", "client", RATE)
+            redis_client.script_flush()
+            return await limiter.ahit("aflush", "client", RATE)
+        finally:
+            await limiter._async_client.aclose()
+
+    assert asyncio.run(scenario()).remaining == 3
+
+
+def test_module_api_uses_the_settings(key_prefix, redis_url):
+    with override_settings(
+        RATELIMIT={"REDIS_URL": redis_url, "KEY_PREFIX": key_prefix}
+    ):
+        assert limiter_module.hit("module", "client", RATE).remaining == 4
+        assert (
+            limiter_module.hit_many([Rule("module", "client", RATE)])[0].remaining == 3
+        )
+        assert limiter_module.peek("module", "client", RATE).remaining == 3
+        limiter_module.reset("module", "client")
+        assert limiter_module.peek("module", "client", RATE).remaining == 5
+
+        async def scenario():
+            await limiter_module.ahit("module", "client", RATE)
+            await limiter_module.ahit_many([Rule("module", "client", RATE)])
+            peeked = await limiter_module.apeek("module", "client", RATE)
+            await limiter_module.areset("module", "client")
+            return peeked
+
+        assert asyncio.run(scenario()).remaining == 3
