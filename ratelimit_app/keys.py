@@ -54,8 +54,20 @@ def identity_base(prefix: str, shards: int, secret: bytes, identity: Identity) -
     Example: ``rl:1:{s417}:Zx3...`` — the hash tag keeps every key of the
     identity (all scopes, all algorithms) in one Redis Cluster slot.
     """
+    if isinstance(identity, int) or len(identity) <= _CACHED_IDENTITY_LENGTH:
+        return _cached_identity_base(prefix, shards, secret, identity)
+    return _identity_base(prefix, shards, secret, identity)
+
+
+def _identity_base(prefix: str, shards: int, secret: bytes, identity: Identity) -> str:
     seed, digest = hash_identity(secret, identity)
     return f"{prefix}{{s{seed % shards}}}:{digest}"
+
+
+# Hot clients repeat; caching their keyed hash saves the HMAC per request.
+# Long identities are not cached so the cache's memory stays bounded.
+_CACHED_IDENTITY_LENGTH = 256
+_cached_identity_base = lru_cache(maxsize=8192, typed=True)(_identity_base)
 
 
 def rule_key(base: str, scope: str, algorithm: str) -> str:

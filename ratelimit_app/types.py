@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from .rates import Rate, to_rate
 
@@ -41,54 +42,70 @@ class Rule:
     burst: int | None = None
     shadow: bool = False
     _rate: Rate = field(init=False, repr=False, compare=False)
+    capacity: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_rate", to_rate(self.rate))
-        _check_rule(self)
+        if not isinstance(self.identity, str | bytes | int) or isinstance(
+            self.identity, bool
+        ):
+            raise TypeError(
+                "identity must be str, bytes or int, got "
+                f"{type(self.identity).__name__}."
+            )
+        try:
+            rate, capacity = _checked_spec(
+                self.scope, self.rate, self.algorithm, self.cost, self.burst
+            )
+        except TypeError:  # unhashable arguments: let the checks explain
+            rate, capacity = _check_spec(
+                self.scope, self.rate, self.algorithm, self.cost, self.burst
+            )
+        object.__setattr__(self, "_rate", rate)
+        object.__setattr__(self, "capacity", capacity)
 
     @property
     def parsed_rate(self) -> Rate:
         return self._rate
 
-    @property
-    def capacity(self) -> int:
-        return self.burst if self.burst is not None else self._rate.limit
 
-
-def _check_rule(rule: Rule) -> None:
-    if not isinstance(rule.scope, str) or not rule.scope:
-        raise ValueError(f"scope must be a non-empty string, got {rule.scope!r}.")
-    if not isinstance(rule.identity, str | bytes | int) or isinstance(
-        rule.identity, bool
-    ):
-        raise TypeError(
-            f"identity must be str, bytes or int, got {type(rule.identity).__name__}."
-        )
-    if rule.algorithm not in ALGORITHMS:
+def _check_spec(
+    scope: str, rate: Rate | str, algorithm: str, cost: int, burst: int | None
+) -> tuple[Rate, int]:
+    """Validate everything but the identity; return (rate, capacity)."""
+    if not isinstance(scope, str) or not scope:
+        raise ValueError(f"scope must be a non-empty string, got {scope!r}.")
+    if algorithm not in ALGORITHMS:
         raise ValueError(
-            f"Unknown algorithm {rule.algorithm!r}; choose one of "
-            f"{', '.join(ALGORITHMS)}."
+            f"Unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}."
         )
-    if not _positive_int(rule.cost):
-        raise ValueError(f"cost must be a positive integer, got {rule.cost!r}.")
-    _check_burst(rule)
-    if rule.capacity * rule._rate.period_ms > MAX_SCALED:
+    if not _positive_int(cost):
+        raise ValueError(f"cost must be a positive integer, got {cost!r}.")
+    parsed = to_rate(rate)
+    _check_burst(algorithm, burst, parsed)
+    capacity = parsed.limit if burst is None else burst
+    if capacity * parsed.period_ms > MAX_SCALED:
         raise ValueError(
-            f"Rate {rule.rate!r} with capacity {rule.capacity} is too large to "
+            f"Rate {rate!r} with capacity {capacity} is too large to "
             "evaluate exactly (capacity x period in ms must stay below 2**50): "
             "use a shorter period or a smaller limit."
         )
+    return parsed, capacity
 
 
-def _check_burst(rule: Rule) -> None:
-    if rule.burst is None:
+# Rules repeat the same few specs; validate each once. `typed` keeps True
+# apart from 1.
+_checked_spec = lru_cache(maxsize=4096, typed=True)(_check_spec)
+
+
+def _check_burst(algorithm: str, burst: int | None, rate: Rate) -> None:
+    if burst is None:
         return
-    if not _positive_int(rule.burst):
-        raise ValueError(f"burst must be a positive integer, got {rule.burst!r}.")
-    if rule.algorithm in WINDOW_ALGORITHMS and rule.burst != rule._rate.limit:
+    if not _positive_int(burst):
+        raise ValueError(f"burst must be a positive integer, got {burst!r}.")
+    if algorithm in WINDOW_ALGORITHMS and burst != rate.limit:
         raise ValueError(
             f"burst applies to token_bucket, leaky_bucket and gcra; "
-            f"{rule.algorithm} admits the rate's limit per window. Leave burst "
+            f"{algorithm} admits the rate's limit per window. Leave burst "
             "unset or pick a bucket algorithm."
         )
 
