@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import redis
 import redis.asyncio
 from django.test import override_settings
 
 from ratelimit_app import limiter as limiter_module
+from ratelimit_app.testing import RedisServer
 from ratelimit_app.types import ALGORITHMS, Rule
 
 RATE = "5/10s"
@@ -95,6 +97,8 @@ def test_rules_sharing_a_key_are_refused(limiter):
         ({"algorithm": "nope"}, ValueError, "Unknown algorithm 'nope'"),
         ({"cost": 0}, ValueError, "cost must be a positive integer"),
         ({"cost": 1.5}, ValueError, "cost must be a positive integer"),
+        ({"cost": True}, ValueError, "cost must be a positive integer"),
+        ({"scope": ["list"]}, ValueError, "scope must be a non-empty string"),
         ({"burst": 0}, ValueError, "burst must be a positive integer"),
         ({"rate": "lots"}, ValueError, "Invalid rate 'lots'"),
         ({"rate": "1000000000/d"}, ValueError, "too large to evaluate exactly"),
@@ -151,6 +155,19 @@ def test_recovers_after_script_flush(limiter, redis_client):
     limiter.hit("flush", "client", RATE)
     redis_client.script_flush()
     assert limiter.hit("flush", "client", RATE).remaining == 3
+
+
+def test_recovers_after_a_redis_restart(make_limiter):
+    server = RedisServer().start()
+    try:
+        limiter = make_limiter(client=redis.Redis.from_url(server.url))
+        assert limiter.hit("restart", "client", RATE).remaining == 4
+        server.stop()
+        server = RedisServer(port=server.port).start()  # empty: no script, no state
+        assert limiter.hit("restart", "client", RATE).remaining == 4
+        assert limiter.hit("restart", "client", RATE).remaining == 3
+    finally:
+        server.stop()
 
 
 HOSTILE_IDENTITIES = [
