@@ -70,5 +70,10 @@ _CACHED_IDENTITY_LENGTH = 256
 _cached_identity_base = lru_cache(maxsize=8192, typed=True)(_identity_base)
 
 
+def key_suffix(scope: str, algorithm: str) -> str:
+    """What follows the identity base: the scope and the algorithm."""
+    return f":{scope_part(scope)}:{ALGORITHM_CODES[algorithm]}"
+
+
 def rule_key(base: str, scope: str, algorithm: str) -> str:
-    return f"{base}:{scope_part(scope)}:{ALGORITHM_CODES[algorithm]}"
+    return base + key_suffix(scope, algorithm)

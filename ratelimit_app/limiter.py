@@ -3,18 +3,60 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from functools import cache
+from dataclasses import dataclass
+from functools import cache, lru_cache
 
 from . import conf
-from .algorithms import REPLY_FIELDS
+from .algorithms import REPLY_FIELDS, Script, script_for
 from .backends.redis import arun_script, get_async_client, get_client, run_script
-from .keys import ALGORITHM_CODES, identity_base, rule_key
+from .keys import ALGORITHM_CODES, identity_base, key_suffix, rule_key
 from .rates import Rate
-from .types import Decision, Identity, Rule
+from .types import Decision, Identity, Rule, check_identity
 
 Clock = Callable[[], int]
 
 _REASONS = {0: "ok", 1: "limit", 2: "not_consumed", 3: "cost_exceeds_capacity"}
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """Everything about a rule but its identity, validated once and cached."""
+
+    argv: tuple
+    suffix: str
+    capacity: int
+    script: Script
+
+
+@lru_cache(maxsize=4096, typed=True)
+def _cached_spec(scope, rate, algorithm, cost, burst, shadow) -> RuleSpec:
+    return rule_spec(Rule(scope, "", rate, algorithm, cost, burst, shadow))
+
+
+def rule_spec(rule: Rule) -> RuleSpec:
+    rate: Rate = rule.parsed_rate
+    shadow = 1 if rule.shadow else 0
+    argv = (
+        rule.algorithm,
+        rate.limit,
+        rate.period_ms,
+        rule.capacity,
+        rule.cost,
+        shadow,
+    )
+    return RuleSpec(
+        argv,
+        key_suffix(rule.scope, rule.algorithm),
+        rule.capacity,
+        script_for(frozenset((rule.algorithm,))),
+    )
+
+
+def spec_of(scope, rate, algorithm, cost, burst, shadow=False) -> RuleSpec:
+    try:
+        return _cached_spec(scope, rate, algorithm, cost, burst, shadow)
+    except TypeError:  # unhashable arguments: the uncached checks explain
+        return rule_spec(Rule(scope, "", rate, algorithm, cost, burst, shadow))
 
 
 class Limiter:
@@ -52,6 +94,12 @@ class Limiter:
 
     # -- building the call ---------------------------------------------------
 
+    def _now(self) -> int | str:
+        return "" if self.clock is None else int(self.clock())
+
+    def _base(self, identity: Identity) -> str:
+        return identity_base(self.prefix, self.shards, self.secret, identity)
+
     def keys_for(self, rules: Sequence[Rule]) -> list[str]:
         """One state key per rule; rules of one identity share a hash tag."""
         bases: dict[Identity, str] = {}
@@ -59,9 +107,7 @@ class Limiter:
         for rule in rules:
             base = bases.get(rule.identity)
             if base is None:
-                base = bases[rule.identity] = identity_base(
-                    self.prefix, self.shards, self.secret, rule.identity
-                )
+                base = bases[rule.identity] = self._base(rule.identity)
             keys.append(rule_key(base, rule.scope, rule.algorithm))
         if len(set(keys)) != len(keys):
             raise ValueError(
@@ -70,30 +116,40 @@ class Limiter:
             )
         return keys
 
-    def script_args(self, rules: Sequence[Rule], mode: str) -> list:
-        now = "" if self.clock is None else int(self.clock())
-        args: list = [mode, now]
+    def prepare(self, rules: Sequence[Rule], mode: str) -> tuple[Script, list, list]:
+        """The script, KEYS and ARGV of one call evaluating ``rules``."""
+        keys = self.keys_for(rules)
+        args: list = [mode, self._now()]
         for rule in rules:
-            rate: Rate = rule.parsed_rate
-            args += (
+            args += spec_of(
+                rule.scope,
+                rule.rate,
                 rule.algorithm,
-                rate.limit,
-                rate.period_ms,
-                rule.capacity,
                 rule.cost,
-                1 if rule.shadow else 0,
-            )
-        return args
+                rule.burst,
+                rule.shadow,
+            ).argv
+        script = script_for(frozenset(rule.algorithm for rule in rules))
+        return script, keys, args
+
+    def _prepare_one(self, scope, identity, rate, algorithm, cost, burst, mode):
+        spec = spec_of(scope, rate, algorithm, cost, burst)
+        key = self._base(check_identity(identity)) + spec.suffix
+        return spec, [key], [mode, self._now(), *spec.argv]
 
     def reset_keys(self, scope: str, identity: Identity) -> list[str]:
-        base = identity_base(self.prefix, self.shards, self.secret, identity)
+        base = self._base(check_identity(identity))
         return [rule_key(base, scope, algorithm) for algorithm in ALGORITHM_CODES]
 
     # -- sync API --------------------------------------------------------------
 
     def hit_many(self, rules: Iterable[Rule]) -> list[Decision]:
         """Consume from every rule, or from none if any enforcing rule denies."""
-        return self._call(list(rules), "hit")
+        rules = list(rules)
+        if not rules:
+            return []
+        reply = run_script(self.client, *self.prepare(rules, "hit"))
+        return to_decisions(rules, reply)
 
     def hit(
         self,
@@ -105,8 +161,12 @@ class Limiter:
         cost: int = 1,
         burst: int | None = None,
     ) -> Decision:
-        rule = Rule(scope, identity, rate, algorithm, cost, burst)
-        return self._call([rule], "hit")[0]
+        """Consume ``cost`` units of ``rate`` for ``identity`` within ``scope``."""
+        spec, keys, args = self._prepare_one(
+            scope, identity, rate, algorithm, cost, burst, "hit"
+        )
+        reply = run_script(self.client, spec.script, keys, args)
+        return to_decision(reply, 0, spec.capacity, scope, False)
 
     def peek(
         self,
@@ -118,24 +178,24 @@ class Limiter:
         burst: int | None = None,
     ) -> Decision:
         """Whether a request of cost 1 would pass now; consumes nothing."""
-        rule = Rule(scope, identity, rate, algorithm, 1, burst)
-        return self._call([rule], "peek")[0]
+        spec, keys, args = self._prepare_one(
+            scope, identity, rate, algorithm, 1, burst, "peek"
+        )
+        reply = run_script(self.client, spec.script, keys, args)
+        return to_decision(reply, 0, spec.capacity, scope, False)
 
     def reset(self, scope: str, identity: Identity) -> None:
         """Forget every algorithm's state for this scope and identity."""
         self.client.delete(*self.reset_keys(scope, identity))
 
-    def _call(self, rules: list[Rule], mode: str) -> list[Decision]:
-        if not rules:
-            return []
-        keys = self.keys_for(rules)
-        reply = run_script(self.client, keys, self.script_args(rules, mode))
-        return to_decisions(rules, reply)
-
     # -- async API -------------------------------------------------------------
 
     async def ahit_many(self, rules: Iterable[Rule]) -> list[Decision]:
-        return await self._acall(list(rules), "hit")
+        rules = list(rules)
+        if not rules:
+            return []
+        reply = await arun_script(self.async_client, *self.prepare(rules, "hit"))
+        return to_decisions(rules, reply)
 
     async def ahit(
         self,
@@ -147,8 +207,11 @@ class Limiter:
         cost: int = 1,
         burst: int | None = None,
     ) -> Decision:
-        rule = Rule(scope, identity, rate, algorithm, cost, burst)
-        return (await self._acall([rule], "hit"))[0]
+        spec, keys, args = self._prepare_one(
+            scope, identity, rate, algorithm, cost, burst, "hit"
+        )
+        reply = await arun_script(self.async_client, spec.script, keys, args)
+        return to_decision(reply, 0, spec.capacity, scope, False)
 
     async def apeek(
         self,
@@ -159,41 +222,38 @@ class Limiter:
         algorithm: str = "gcra",
         burst: int | None = None,
     ) -> Decision:
-        rule = Rule(scope, identity, rate, algorithm, 1, burst)
-        return (await self._acall([rule], "peek"))[0]
+        spec, keys, args = self._prepare_one(
+            scope, identity, rate, algorithm, 1, burst, "peek"
+        )
+        reply = await arun_script(self.async_client, spec.script, keys, args)
+        return to_decision(reply, 0, spec.capacity, scope, False)
 
     async def areset(self, scope: str, identity: Identity) -> None:
         await self.async_client.delete(*self.reset_keys(scope, identity))
 
-    async def _acall(self, rules: list[Rule], mode: str) -> list[Decision]:
-        if not rules:
-            return []
-        keys = self.keys_for(rules)
-        reply = await arun_script(
-            self.async_client, keys, self.script_args(rules, mode)
-        )
-        return to_decisions(rules, reply)
+
+def to_decision(reply: list, index: int, capacity: int, scope: str, shadow: bool):
+    """Rule ``index`` of the driver's flat reply as a Decision."""
+    offset = 1 + index * REPLY_FIELDS
+    status, remaining, reset_ms, retry_ms = reply[offset : offset + REPLY_FIELDS]
+    return Decision(
+        status == 0 or status == 2,
+        capacity,
+        remaining,
+        reset_ms / 1000,
+        None if retry_ms < 0 else retry_ms / 1000,
+        scope,
+        _REASONS[status],
+        shadow,
+    )
 
 
-def to_decisions(rules: Sequence[Rule], reply: list[int]) -> list[Decision]:
-    """Turn the driver's flat reply into one Decision per rule."""
-    decisions = []
-    for index, rule in enumerate(rules):
-        offset = 1 + index * REPLY_FIELDS
-        status, remaining, reset_ms, retry_ms = reply[offset : offset + 4]
-        decisions.append(
-            Decision(
-                allowed=status in (0, 2),
-                limit=rule.capacity,
-                remaining=remaining,
-                reset_after=reset_ms / 1000,
-                retry_after=None if retry_ms < 0 else retry_ms / 1000,
-                scope=rule.scope,
-                reason=_REASONS[status],
-                shadow=rule.shadow,
-            )
-        )
-    return decisions
+def to_decisions(rules: Sequence[Rule], reply: list) -> list[Decision]:
+    """One Decision per rule, in order."""
+    return [
+        to_decision(reply, index, rule.capacity, rule.scope, rule.shadow)
+        for index, rule in enumerate(rules)
+    ]
 
 
 @cache

@@ -45,13 +45,7 @@ class Rule:
     capacity: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.identity, str | bytes | int) or isinstance(
-            self.identity, bool
-        ):
-            raise TypeError(
-                "identity must be str, bytes or int, got "
-                f"{type(self.identity).__name__}."
-            )
+        check_identity(self.identity)
         try:
             rate, capacity = _checked_spec(
                 self.scope, self.rate, self.algorithm, self.cost, self.burst
@@ -66,6 +60,14 @@ class Rule:
     @property
     def parsed_rate(self) -> Rate:
         return self._rate
+
+
+def check_identity(identity: object) -> Identity:
+    if not isinstance(identity, str | bytes | int) or isinstance(identity, bool):
+        raise TypeError(
+            f"identity must be str, bytes or int, got {type(identity).__name__}."
+        )
+    return identity
 
 
 def _check_spec(

@@ -1,19 +1,23 @@
-"""The Lua engine: one file per algorithm, concatenated into one script."""
+"""The Lua engine: one file per algorithm, concatenated into one script per call shape."""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 
 from ..types import ALGORITHMS
 
-# Order matters: helpers first, the driver (the script's body) last.
-PARTS = ("prelude", *ALGORITHMS, "driver")
-
 # Fields per rule in ARGV and per rule in the reply; see driver.lua.
 ARGV_FIELDS = 6
-REPLY_FIELDS = 5
+REPLY_FIELDS = 4
+
+
+@dataclass(frozen=True)
+class Script:
+    source: str
+    sha: str
 
 
 def read_part(name: str) -> str:
@@ -21,11 +25,20 @@ def read_part(name: str) -> str:
 
 
 @cache
-def script_source() -> str:
-    """Every part in order; a Redis script cannot call another script."""
-    return "\n".join(read_part(name) for name in PARTS)
+def script_for(algorithms: frozenset[str]) -> Script:
+    """The prelude, the algorithms a call uses, then the driver.
+
+    A Redis script cannot call another, so the parts are concatenated; leaving
+    out unused algorithms saves defining them on every call.
+    """
+    unknown = algorithms - set(ALGORITHMS)
+    if unknown:
+        raise ValueError(f"Unknown algorithm(s): {', '.join(sorted(unknown))}")
+    parts = ("prelude", *(a for a in ALGORITHMS if a in algorithms), "driver")
+    source = "\n".join(read_part(name) for name in parts)
+    return Script(source, hashlib.sha1(source.encode()).hexdigest())
 
 
-@cache
-def script_sha() -> str:
-    return hashlib.sha1(script_source().encode()).hexdigest()
+def full_script() -> Script:
+    """Every algorithm in one script (for inspection and preloading)."""
+    return script_for(frozenset(ALGORITHMS))

@@ -2,7 +2,7 @@
 -- are aligned to the Unix epoch.
 -- KEYS: the counter key, a string "window_start_ms:used".
 -- ARGV (per rule, unpacked by the driver): limit, period_ms, capacity, cost.
--- Returns: ok, available, retry, reset_now, reset_next, commit (see prelude).
+-- Returns: ok, available, retry, reset_now, reset_next, state (see prelude).
 -- TTL: the rest of the window (<= period).
 ALGORITHMS.fixed_window = function(key, now, limit, period, capacity, cost)
   local start = now - now % period
@@ -14,8 +14,6 @@ ALGORITHMS.fixed_window = function(key, now, limit, period, capacity, cost)
   local ok = cost <= available
   local retry = ok and 0 or left
   local reset_now = used > 0 and left or 0
-  local function commit()
-    redis.call('SET', key, int(start) .. ':' .. int(used + cost), 'PX', left)
-  end
-  return ok, available, retry, reset_now, left, commit
+  local state = ok and int(start) .. ':' .. int(used + cost)
+  return ok, available, retry, reset_now, left, state
 end

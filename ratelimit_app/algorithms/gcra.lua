@@ -3,7 +3,7 @@
 -- when its new TAT is at most capacity * period / limit ms ahead of now.
 -- KEYS: a string "tat_ms:fraction", TAT = tat_ms + fraction / limit exactly.
 -- ARGV (per rule, unpacked by the driver): limit, period_ms, capacity, cost.
--- Returns: ok, available, retry, reset_now, reset_next, commit (see prelude).
+-- Returns: ok, available, retry, reset_now, reset_next, state (see prelude).
 -- TTL: until the TAT (the time for the state to be full again).
 ALGORITHMS.gcra = function(key, now, limit, period, capacity, cost)
   -- debt = (TAT - now) * limit, never negative: a past TAT means "full".
@@ -17,11 +17,11 @@ ALGORITHMS.gcra = function(key, now, limit, period, capacity, cost)
   local ok = debt + need <= tolerance
   local retry = ok and 0 or ceil_div(debt + need - tolerance, limit)
   local reset_next = ceil_div(debt + need, limit)
-  local function commit()
+  local state
+  if ok then
     local after = debt + need
-    local tat = now + math.floor(after / limit)
-    redis.call('SET', key, int(tat) .. ':' .. int(after % limit), 'PX', reset_next)
+    state = int(now + math.floor(after / limit)) .. ':' .. int(after % limit)
   end
   return ok, math.max(0, math.floor((tolerance - debt) / period)), retry,
-    ceil_div(debt, limit), reset_next, commit
+    ceil_div(debt, limit), reset_next, state
 end

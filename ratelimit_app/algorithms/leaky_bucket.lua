@@ -4,7 +4,7 @@
 -- KEYS: a string "level_scaled:updated_ms"; the level is scaled by `period`
 -- so the leak (`limit` scaled units per ms) stays in integers.
 -- ARGV (per rule, unpacked by the driver): limit, period_ms, capacity, cost.
--- Returns: ok, available, retry, reset_now, reset_next, commit (see prelude).
+-- Returns: ok, available, retry, reset_now, reset_next, state (see prelude).
 -- TTL: the time for the bucket to drain completely.
 ALGORITHMS.leaky_bucket = function(key, now, limit, period, capacity, cost)
   local full = capacity * period
@@ -25,9 +25,7 @@ ALGORITHMS.leaky_bucket = function(key, now, limit, period, capacity, cost)
   local ok = level + need <= full
   local retry = ok and 0 or ceil_div(level + need - full, limit)
   local reset_next = ceil_div(level + need, limit)
-  local function commit()
-    redis.call('SET', key, int(level + need) .. ':' .. int(now), 'PX', reset_next)
-  end
+  local state = ok and int(level + need) .. ':' .. int(now)
   return ok, math.max(0, math.floor((full - level) / period)), retry,
-    ceil_div(level, limit), reset_next, commit
+    ceil_div(level, limit), reset_next, state
 end

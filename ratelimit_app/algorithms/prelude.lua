@@ -4,12 +4,17 @@
 --   ok          boolean: `cost` units can be consumed now
 --   available   integer units available now (before consuming)
 --   retry       ms until `cost` units can pass (0 when ok)
---   reset_now   ms until the state is back to full, from the current state
+--   reset_now   ms until the state is back to full, from the current state;
+--               nil when costly to compute: RESETS.<name>(key, now, period)
+--               then computes it, only if the driver needs it
 --   reset_next  ms until full after consuming `cost` (also the key's TTL)
---   commit      function that writes the consumed state
+--   state       the string to SET (with PX reset_next) when consuming; an
+--               algorithm with other storage registers COMMITS.<name>(key,
+--               now, period, cost) instead
 -- Quantities are integers kept below 2^50 (checked in Python), so IEEE
--- doubles represent them exactly.
-local ALGORITHMS = {}
+-- doubles represent them exactly. Only the algorithms a call uses are
+-- concatenated into its script.
+local ALGORITHMS, COMMITS, RESETS = {}, {}, {}
 
 -- Lua's tostring keeps 14 significant digits; timestamps need more.
 local function int(x)

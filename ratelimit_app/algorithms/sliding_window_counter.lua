@@ -3,7 +3,7 @@
 -- previous * weight + current + cost <= capacity. Windows align to the epoch.
 -- KEYS: a string "window_start_ms:current:previous".
 -- ARGV (per rule, unpacked by the driver): limit, period_ms, capacity, cost.
--- Returns: ok, available, retry, reset_now, reset_next, commit (see prelude).
+-- Returns: ok, available, retry, reset_now, reset_next, state (see prelude).
 -- TTL: until the current window's count stops weighing (<= 2 * period).
 ALGORITHMS.sliding_window_counter = function(key, now, limit, period, capacity, cost)
   local start = now - now % period
@@ -44,9 +44,6 @@ ALGORITHMS.sliding_window_counter = function(key, now, limit, period, capacity, 
   local reset_now = 0
   if current > 0 then reset_now = left + period
   elseif previous > 0 then reset_now = left end
-  local function commit()
-    local state = int(start) .. ':' .. int(current + cost) .. ':' .. int(previous)
-    redis.call('SET', key, state, 'PX', left + period)
-  end
-  return ok, available, retry, reset_now, left + period, commit
+  local state = ok and int(start) .. ':' .. int(current + cost) .. ':' .. int(previous)
+  return ok, available, retry, reset_now, left + period, state
 end

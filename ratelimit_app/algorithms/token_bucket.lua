@@ -3,7 +3,7 @@
 -- KEYS: a string "tokens_scaled:updated_ms"; tokens are scaled by `period`
 -- so refill (`limit` scaled units per ms) stays in integers.
 -- ARGV (per rule, unpacked by the driver): limit, period_ms, capacity, cost.
--- Returns: ok, available, retry, reset_now, reset_next, commit (see prelude).
+-- Returns: ok, available, retry, reset_now, reset_next, state (see prelude).
 -- TTL: the time to refill completely.
 ALGORITHMS.token_bucket = function(key, now, limit, period, capacity, cost)
   local full = capacity * period
@@ -24,9 +24,7 @@ ALGORITHMS.token_bucket = function(key, now, limit, period, capacity, cost)
   local ok = tokens >= need
   local retry = ok and 0 or ceil_div(need - tokens, limit)
   local reset_next = ceil_div(full - tokens + need, limit)
-  local function commit()
-    redis.call('SET', key, int(tokens - need) .. ':' .. int(now), 'PX', reset_next)
-  end
+  local state = ok and int(tokens - need) .. ':' .. int(now)
   return ok, math.floor(tokens / period), retry,
-    ceil_div(full - tokens, limit), reset_next, commit
+    ceil_div(full - tokens, limit), reset_next, state
 end

@@ -12,7 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 from redis.exceptions import NoScriptError
 
 from .. import conf
-from ..algorithms import script_sha, script_source
+from ..algorithms import Script
 
 
 @cache
@@ -65,21 +65,21 @@ def reset_clients() -> None:
 conf.on_change(reset_clients)
 
 
-def run_script(client: redis.Redis, keys: list[str], args: list) -> list[int]:
-    """EVALSHA the engine; load it once after NOSCRIPT (flush or restart)."""
+def run_script(client: redis.Redis, script: Script, keys: list, args: list) -> list:
+    """EVALSHA a script; load it once after NOSCRIPT (flush or restart)."""
     try:
-        return client.evalsha(script_sha(), len(keys), *keys, *args)
+        return client.evalsha(script.sha, len(keys), *keys, *args)
     except NoScriptError:
-        client.script_load(script_source())
-        return client.evalsha(script_sha(), len(keys), *keys, *args)
+        client.script_load(script.source)
+        return client.evalsha(script.sha, len(keys), *keys, *args)
 
 
 async def arun_script(
-    client: redis.asyncio.Redis, keys: list[str], args: list
-) -> list[int]:
+    client: redis.asyncio.Redis, script: Script, keys: list, args: list
+) -> list:
     """The asyncio twin of ``run_script``."""
     try:
-        return await client.evalsha(script_sha(), len(keys), *keys, *args)
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
     except NoScriptError:
-        await client.script_load(script_source())
-        return await client.evalsha(script_sha(), len(keys), *keys, *args)
+        await client.script_load(script.source)
+        return await client.evalsha(script.sha, len(keys), *keys, *args)

@@ -1,0 +1,1 @@
+"""Benchmarks of ratelimit_app against a bare round trip and peer libraries."""

@@ -1,0 +1,42 @@
+"""bench.decisions runs end to end and reports every algorithm beside the floor."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ratelimit_app.types import ALGORITHMS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(redis_url: str, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env["REDIS_URL"] = redis_url  # the bench configures Django itself
+    return subprocess.run(
+        [sys.executable, "-m", "bench.decisions", "--quick", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def table_rows(report: str) -> list[str]:
+    return [line for line in report.splitlines() if line.startswith("| ")]
+
+
+def test_quick_run_reports_the_floor_and_each_algorithm(redis_url, tmp_path):
+    out = tmp_path / "bench.md"
+    result = run_bench(redis_url, "--markdown-out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = table_rows(result.stdout)
+    assert any(row.startswith("| floor ") for row in rows), result.stdout
+    for algorithm in ALGORITHMS:
+        for scenario in ("allowed", "exhausted"):
+            prefix = f"| ratelimit_app Limiter.hit | {algorithm} | {scenario} |"
+            assert any(row.startswith(prefix) for row in rows), (prefix, result.stdout)
+    assert table_rows(out.read_text(encoding="utf-8")) == rows
