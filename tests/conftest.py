@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
 import redis
 
-from ratelimit_app.testing import ManualClock, RedisServer, find_redis_url
+from ratelimit_app.testing import ManualClock
+from tests.redis_env import ensure_redis_url
 
-# Decide on Redis before Django settings are read: REDIS_URL, else
-# 127.0.0.1:6379, else a private redis-server for this test process.
-_private_server: RedisServer | None = None
-_url = find_redis_url()
-if _url is None:
-    _private_server = RedisServer().start()
-    _url = _private_server.url
-os.environ["REDIS_URL"] = _url
-
-
-def pytest_unconfigure(config):
-    if _private_server is not None:
-        _private_server.stop()
+_url = ensure_redis_url()
 
 
 @pytest.fixture(scope="session")
