@@ -11,6 +11,7 @@ class RatelimitConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import conf
+        from . import conf, signals
 
         conf.connect_signals()
+        signals.connect()

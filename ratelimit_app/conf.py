@@ -26,6 +26,24 @@ DEFAULTS: dict[str, Any] = {
     # Number of hash-tag shards; all keys of one identity share one shard, so
     # every decision for a client is one call even on Redis Cluster.
     "SHARDS": 1024,
+    # Off: no request is counted or limited (e.g. in development).
+    "ENABLED": True,
+    # Policies declared in settings: dicts with the Policy model's fields (a
+    # database row with the same name overrides one).
+    "POLICIES": [],
+    # Seconds between checks that this process's policy copy is current; an
+    # admin edit reaches every process within this time.
+    "POLICY_REFRESH_INTERVAL": 1.0,
+    # Paths never counted (health checks); globs, * matches anything.
+    "EXEMPT_PATHS": [],
+    # Count OPTIONS requests (CORS preflight) too.
+    "COUNT_OPTIONS": False,
+    # Also send X-RateLimit-Limit / -Remaining / -Reset (delta seconds).
+    "LEGACY_HEADERS": False,
+    # Dotted path of a view(request, exception) rendering blocked responses.
+    "VIEW": None,
+    # Seconds a process caches a user's group names (group exemptions, tiers).
+    "GROUPS_CACHE_SECONDS": 30,
 }
 
 # Bumped when the key layout changes, so old and new releases can run side by

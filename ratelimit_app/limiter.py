@@ -145,10 +145,17 @@ class Limiter:
 
     def hit_many(self, rules: Iterable[Rule]) -> list[Decision]:
         """Consume from every rule, or from none if any enforcing rule denies."""
+        return self._many(rules, "hit")
+
+    def peek_many(self, rules: Iterable[Rule]) -> list[Decision]:
+        """Would every rule pass at its cost? Consumes nothing."""
+        return self._many(rules, "peek")
+
+    def _many(self, rules: Iterable[Rule], mode: str) -> list[Decision]:
         rules = list(rules)
         if not rules:
             return []
-        reply = run_script(self.client, *self.prepare(rules, "hit"))
+        reply = run_script(self.client, *self.prepare(rules, mode))
         return to_decisions(rules, reply)
 
     def hit(
@@ -191,10 +198,16 @@ class Limiter:
     # -- async API -------------------------------------------------------------
 
     async def ahit_many(self, rules: Iterable[Rule]) -> list[Decision]:
+        return await self._amany(rules, "hit")
+
+    async def apeek_many(self, rules: Iterable[Rule]) -> list[Decision]:
+        return await self._amany(rules, "peek")
+
+    async def _amany(self, rules: Iterable[Rule], mode: str) -> list[Decision]:
         rules = list(rules)
         if not rules:
             return []
-        reply = await arun_script(self.async_client, *self.prepare(rules, "hit"))
+        reply = await arun_script(self.async_client, *self.prepare(rules, mode))
         return to_decisions(rules, reply)
 
     async def ahit(
@@ -289,6 +302,11 @@ def hit_many(rules: Iterable[Rule]) -> list[Decision]:
     return default_limiter().hit_many(rules)
 
 
+def peek_many(rules: Iterable[Rule]) -> list[Decision]:
+    """Would every rule pass at its cost? Consumes nothing."""
+    return default_limiter().peek_many(rules)
+
+
 async def ahit(scope, identity, rate, *, algorithm="gcra", cost=1, burst=None):
     return await default_limiter().ahit(
         scope, identity, rate, algorithm=algorithm, cost=cost, burst=burst
@@ -307,3 +325,7 @@ async def areset(scope: str, identity: Identity) -> None:
 
 async def ahit_many(rules: Iterable[Rule]) -> list[Decision]:
     return await default_limiter().ahit_many(rules)
+
+
+async def apeek_many(rules: Iterable[Rule]) -> list[Decision]:
+    return await default_limiter().apeek_many(rules)

@@ -1,12 +1,26 @@
-"""Test settings: the demo's, on DATABASE_URL (PostgreSQL in CI) or SQLite.
+"""Test settings: the demo's, on DATABASE_URL (PostgreSQL in CI) or SQLite."""
 
-REDIS_URL is set by tests/conftest.py before Django reads these settings.
-"""
+from tests.redis_env import ensure_redis_url
 
-from demo_project.settings import *  # noqa: F403
-from demo_project.settings import BASE_DIR
+REDIS_URL = ensure_redis_url()
+
+from demo_project.settings import *  # noqa: E402, F403
+from demo_project.settings import BASE_DIR  # noqa: E402
 
 SECRET_KEY = "tests-only-secret-key"
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405
     DATABASES["default"]["NAME"] = BASE_DIR / "tests" / ".test-db.sqlite3"  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+import os  # noqa: E402
+import uuid  # noqa: E402
+
+ROOT_URLCONF = "tests.urls"
+MIDDLEWARE = [*MIDDLEWARE, "ratelimit_app.middleware.RateLimitMiddleware"]  # noqa: F405
+# Every test process gets its own key prefix on the shared Redis.
+RATELIMIT = {
+    "REDIS_URL": REDIS_URL,
+    "KEY_PREFIX": os.environ.get(
+        "RATELIMIT_TEST_PREFIX", f"rlt-{uuid.uuid4().hex[:10]}:"
+    ),
+}

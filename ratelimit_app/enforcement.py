@@ -1,0 +1,226 @@
+"""Deciding one request: which policies apply, who the client is, one engine call.
+
+Shared by the middleware and the decorator, sync and async.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest
+from django.urls import Resolver404, resolve
+
+from . import conf, limiter
+from .identity import client_ip
+from .policies import CompiledPolicy, glob_to_regex
+from .signals import rate_limited
+from .types import Decision, Rule
+
+logger = logging.getLogger("ratelimit_app")
+
+# Key types that read request.user (a database query the first time).
+USER_KEYS = ("user", "user_or_ip")
+
+
+@dataclass
+class Outcome:
+    """The decisions for one request, in policy priority order."""
+
+    policies: list[CompiledPolicy] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+
+    @property
+    def blocked(self) -> bool:
+        return any(d.blocking for d in self.decisions)
+
+    @property
+    def blocking(self) -> list[tuple[CompiledPolicy, Decision]]:
+        return [
+            (p, d)
+            for p, d in zip(self.policies, self.decisions, strict=True)
+            if d.blocking
+        ]
+
+    @property
+    def blocking_names(self) -> list[str]:
+        return [p.name for p, _ in self.blocking]
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until every blocking policy would pass; None if never."""
+        waits = [d.retry_after for _, d in self.blocking]
+        if not waits or any(w is None for w in waits):
+            return None
+        return max(waits)
+
+    def extend(self, other: Outcome) -> None:
+        self.policies += other.policies
+        self.decisions += other.decisions
+
+    @property
+    def names(self) -> set[str]:
+        return {p.name for p in self.policies}
+
+
+# -- which policies apply ----------------------------------------------------
+
+
+def skipped(request: HttpRequest) -> bool:
+    """Requests never counted: limits off, OPTIONS, RATELIMIT['EXEMPT_PATHS']."""
+    if not conf.get("ENABLED"):
+        return True
+    if request.method == "OPTIONS" and not conf.get("COUNT_OPTIONS"):
+        return True
+    path = request.path_info
+    return any(glob_to_regex(p).fullmatch(path) for p in conf.get("EXEMPT_PATHS"))
+
+
+def route_of(request: HttpRequest) -> tuple[str | None, str | None]:
+    """(url_name, view dotted path) of the request, resolving it if needed."""
+    match = getattr(request, "resolver_match", None)
+    if match is None:
+        try:
+            match = resolve(request.path_info, getattr(request, "urlconf", None))
+        except Resolver404:
+            return None, None
+    return match.view_name, match._func_path
+
+
+def routed_policies(
+    request: HttpRequest, policies: Sequence[CompiledPolicy]
+) -> list[CompiledPolicy]:
+    """Enabled policies whose route matchers and methods match the request."""
+    candidates = [
+        p
+        for p in policies
+        if p.spec.enabled and p.routed and p.matches_method(request.method)
+    ]
+    if not candidates:
+        return []
+    url_name = view = None
+    if any(p.spec.url_name or p.spec.view for p in candidates):
+        url_name, view = route_of(request)
+    return [p for p in candidates if p.matches_route(request.path_info, url_name, view)]
+
+
+# -- who the client is ---------------------------------------------------------
+
+
+def needs_user(policies: Sequence[CompiledPolicy]) -> bool:
+    """True when building the rules reads request.user (sync-only in async views)."""
+    return any(
+        p.spec.key in USER_KEYS
+        or p.spec.exempt_staff
+        or p.spec.exempt_users
+        or p.needs_groups()
+        for p in policies
+    )
+
+
+def request_user(request: HttpRequest):
+    user = getattr(request, "user", None)
+    return user if user is not None and user.is_authenticated else None
+
+
+_groups_cache: OrderedDict = OrderedDict()
+_GROUPS_CACHE_SIZE = 10_000
+
+
+def user_groups(user) -> frozenset[str]:
+    """The user's group names, cached per process for GROUPS_CACHE_SECONDS."""
+    if user is None:
+        return frozenset()
+    now = time.monotonic()
+    cached = _groups_cache.get(user.pk)
+    if cached and cached[0] > now:
+        return cached[1]
+    groups = frozenset(user.groups.values_list("name", flat=True))
+    _groups_cache[user.pk] = (now + conf.get("GROUPS_CACHE_SECONDS"), groups)
+    _groups_cache.move_to_end(user.pk)
+    while len(_groups_cache) > _GROUPS_CACHE_SIZE:
+        _groups_cache.popitem(last=False)
+    return groups
+
+
+def build_rules(
+    request: HttpRequest,
+    policies: Sequence[CompiledPolicy],
+    cost: int | Callable | None = None,
+) -> tuple[list[CompiledPolicy], list[Rule]]:
+    """The engine rules for the policies that do not exempt this client."""
+    ip = client_ip(request)
+    user = request_user(request) if needs_user(policies) else None
+    groups = (
+        user_groups(user) if any(p.needs_groups() for p in policies) else frozenset()
+    )
+    if callable(cost):
+        cost = cost(request)
+    applied, rules = [], []
+    for policy in policies:
+        if policy.is_exempt(ip, user, groups):
+            continue
+        applied.append(policy)
+        rules.append(policy.rule_for(policy.identify(request), groups, cost))
+    return applied, rules
+
+
+# -- the engine call -------------------------------------------------------------
+
+
+def check(request, policies, cost=None, *, consume: bool = True) -> Outcome:
+    """Evaluate every policy in one engine call (all-or-nothing)."""
+    applied, rules = build_rules(request, policies, cost)
+    if not rules:
+        return Outcome()
+    run = limiter.hit_many if consume else limiter.peek_many
+    return report(request, Outcome(applied, run(rules)))
+
+
+async def acheck(request, policies, cost=None, *, consume: bool = True) -> Outcome:
+    """The async twin; only reading request.user hops to a thread."""
+    if needs_user(policies) or callable(cost):
+        applied, rules = await sync_to_async(build_rules)(request, policies, cost)
+    else:
+        applied, rules = build_rules(request, policies, cost)
+    if not rules:
+        return Outcome()
+    run = limiter.ahit_many if consume else limiter.apeek_many
+    return report(request, Outcome(applied, await run(rules)))
+
+
+def report(request: HttpRequest, outcome: Outcome) -> Outcome:
+    """Log and signal every block and every shadow would-block."""
+    for policy, decision in zip(outcome.policies, outcome.decisions, strict=True):
+        if decision.allowed:
+            continue
+        logger.info(
+            "ratelimit: %s %s by policy %r (%s) for %s %s",
+            "would block" if decision.shadow else "blocked",
+            request.method,
+            policy.name,
+            decision.reason,
+            client_ip(request),
+            request.path_info,
+        )
+        rate_limited.send(
+            sender=policy.name,
+            request=request,
+            decision=decision,
+            shadow=decision.shadow,
+        )
+    return outcome
+
+
+def record(request: HttpRequest, outcome: Outcome) -> Outcome:
+    """Attach the decisions to the request (middleware and decorators add up)."""
+    existing = getattr(request, "ratelimit", None)
+    if isinstance(existing, Outcome):
+        existing.extend(outcome)
+        return existing
+    request.ratelimit = outcome
+    return outcome

@@ -1,0 +1,117 @@
+"""RateLimit / RateLimit-Policy / Retry-After / X-RateLimit-* headers and the 429.
+
+Header syntax: draft-ietf-httpapi-ratelimit-headers-10 (structured fields):
+``RateLimit-Policy: "api";q=100;w=60`` and ``RateLimit: "api";r=0;t=17``, one
+list item per enforcing policy that matched. Per algorithm:
+
+- ``q``: the capacity (the rate's limit, or ``burst`` for bucket algorithms);
+- ``w``: the window in seconds; for bucket algorithms the time to refill the
+  whole capacity (capacity x period / limit);
+- ``r``: units remaining after this request;
+- ``t``: seconds until the quota is fully available again (the window's end
+  for window algorithms, a full bucket for buckets), rounded up.
+"""
+
+from __future__ import annotations
+
+import math
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template.loader import render_to_string
+from django.utils.module_loading import import_string
+
+from . import conf
+from .enforcement import Outcome
+from .exceptions import RateLimitExceeded
+from .policies import CompiledPolicy
+from .types import WINDOW_ALGORITHMS, Decision
+
+DEFAULT_MESSAGE = "Rate limit exceeded"
+
+
+def sf_string(value: str) -> str:
+    """A structured-field String (RFC 8941): quoted, with \\ and " escaped."""
+    printable = "".join(c for c in value if 0x20 <= ord(c) < 0x7F)
+    return '"' + printable.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def window_seconds(policy: CompiledPolicy, decision: Decision) -> int:
+    rate = policy.rate
+    if policy.spec.algorithm in WINDOW_ALGORITHMS:
+        return math.ceil(rate.period_ms / 1000)
+    return math.ceil(decision.limit * rate.period_ms / rate.limit / 1000)
+
+
+def whole_seconds(seconds: float) -> int:
+    """Round up, so a client never retries before it can pass."""
+    return math.ceil(round(seconds, 3))
+
+
+def ratelimit_headers(outcome: Outcome) -> dict[str, str]:
+    """Headers for every enforcing policy that matched (shadow ones are silent)."""
+    pairs = [
+        (p, d)
+        for p, d in zip(outcome.policies, outcome.decisions, strict=True)
+        if not d.shadow
+    ]
+    if not pairs:
+        return {}
+    headers = {
+        "RateLimit-Policy": ", ".join(
+            f"{sf_string(p.name)};q={d.limit};w={window_seconds(p, d)}"
+            for p, d in pairs
+        ),
+        "RateLimit": ", ".join(
+            f"{sf_string(p.name)};r={d.remaining};t={whole_seconds(d.reset_after)}"
+            for p, d in pairs
+        ),
+    }
+    if conf.get("LEGACY_HEADERS"):
+        decision = min((d for _, d in pairs), key=lambda d: d.remaining)
+        headers["X-RateLimit-Limit"] = str(decision.limit)
+        headers["X-RateLimit-Remaining"] = str(decision.remaining)
+        headers["X-RateLimit-Reset"] = str(whole_seconds(decision.reset_after))
+    return headers
+
+
+def apply_headers(response: HttpResponse, outcome: Outcome | None) -> HttpResponse:
+    if outcome is not None:
+        for name, value in ratelimit_headers(outcome).items():
+            response.headers.setdefault(name, value)
+    return response
+
+
+def wants_json(request: HttpRequest) -> bool:
+    accept = request.headers.get("Accept", "")
+    if "json" in request.headers.get("Content-Type", "") and "html" not in accept:
+        return True
+    return "json" in accept and "html" not in accept
+
+
+def blocked_response(request: HttpRequest, outcome: Outcome) -> HttpResponse:
+    """The response for a blocked request: RATELIMIT['VIEW'], JSON or HTML."""
+    view_path = conf.get("VIEW")
+    if view_path:
+        response = import_string(view_path)(request, RateLimitExceeded(outcome))
+    else:
+        response = default_response(request, outcome)
+    retry_after = outcome.retry_after
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, whole_seconds(retry_after)))
+    return apply_headers(response, outcome)
+
+
+def default_response(request: HttpRequest, outcome: Outcome) -> HttpResponse:
+    policy = outcome.blocking[0][0]
+    message = policy.spec.message or DEFAULT_MESSAGE
+    status = policy.spec.status_code
+    retry = outcome.retry_after
+    body = {
+        "detail": message,
+        "policy": policy.name,
+        "retry_after": None if retry is None else max(1, whole_seconds(retry)),
+    }
+    if wants_json(request):
+        return JsonResponse(body, status=status)
+    html = render_to_string("ratelimit_app/blocked.html", body, request=request)
+    return HttpResponse(html, status=status)

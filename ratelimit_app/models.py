@@ -1,0 +1,284 @@
+"""Limit policies edited in the admin: Policy, its exemptions and tier rates."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from . import identity
+from .policies import HTTP_METHODS, split_methods
+from .types import ALGORITHMS, Rule
+
+
+class Mode(models.TextChoices):
+    ENFORCE = "enforce", _("Enforce: block over the limit")
+    SHADOW = "shadow", _("Shadow: count and report, never block")
+
+
+class FailMode(models.TextChoices):
+    OPEN = "open", _("Open: allow when Redis fails")
+    CLOSED = "closed", _("Closed: deny with 503 when Redis fails")
+    LOCAL = "local", _("Local: an in-process limiter when Redis fails")
+
+
+class Algorithm(models.TextChoices):
+    FIXED_WINDOW = "fixed_window", _("Fixed window")
+    SLIDING_WINDOW_LOG = "sliding_window_log", _("Sliding window log (exact)")
+    SLIDING_WINDOW_COUNTER = "sliding_window_counter", _("Sliding window counter")
+    TOKEN_BUCKET = "token_bucket", _("Token bucket")
+    LEAKY_BUCKET = "leaky_bucket", _("Leaky bucket (meter)")
+    GCRA = "gcra", _("GCRA")
+
+
+assert tuple(Algorithm.values) == ALGORITHMS
+
+
+def validate_methods(value: str) -> None:
+    unknown = [m for m in split_methods(value) if m not in HTTP_METHODS]
+    if unknown:
+        raise ValidationError(
+            _(
+                "Unknown HTTP method(s): %(unknown)s. Use a comma-separated list of %(known)s, or leave blank for all."
+            ),
+            params={"unknown": ", ".join(unknown), "known": ", ".join(HTTP_METHODS)},
+        )
+
+
+def validate_regex(value: str) -> None:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValidationError(
+            _("This regular expression does not compile: %(error)s."),
+            params={"error": exc},
+        ) from exc
+
+
+def validate_key(value: str) -> None:
+    try:
+        identity.check_key(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from exc
+
+
+def validate_network(value: str) -> None:
+    try:
+        ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError as exc:
+        raise ValidationError(
+            _(
+                "%(value)s is not an IP address or CIDR network (e.g. 203.0.113.0/24 or 2001:db8::/32)."
+            ),
+            params={"value": value},
+        ) from exc
+
+
+class Policy(models.Model):
+    name = models.SlugField(
+        _("name"),
+        max_length=100,
+        unique=True,
+        help_text=_(
+            "Unique; @rate_limit('name') and RATELIMIT['POLICIES'] refer to it. A row here overrides a settings or code policy of the same name."
+        ),
+    )
+    description = models.TextField(_("description"), blank=True)
+    enabled = models.BooleanField(_("enabled"), default=True)
+    mode = models.CharField(
+        _("mode"), max_length=10, choices=Mode.choices, default=Mode.ENFORCE
+    )
+    priority = models.IntegerField(
+        _("priority"),
+        default=100,
+        help_text=_("Lower runs first; orders evaluation and display."),
+    )
+    url_name = models.CharField(
+        _("URL name"),
+        max_length=200,
+        blank=True,
+        help_text=_(
+            "Matches requests resolved to this URL name, e.g. 'login' or 'admin:index'."
+        ),
+    )
+    view = models.CharField(
+        _("view"),
+        max_length=300,
+        blank=True,
+        help_text=_("Dotted path of a view, e.g. 'myapp.views.login'."),
+    )
+    path = models.CharField(
+        _("path glob"),
+        max_length=300,
+        blank=True,
+        help_text=_(
+            "A glob on the request path; * matches any characters, / included, e.g. /api/*."
+        ),
+    )
+    path_regex = models.CharField(
+        _("path regex"),
+        max_length=300,
+        blank=True,
+        validators=[validate_regex],
+        help_text=_(
+            "A Python regular expression searched in the request path, e.g. ^/api/v[12]/."
+        ),
+    )
+    methods = models.CharField(
+        _("methods"),
+        max_length=100,
+        blank=True,
+        validators=[validate_methods],
+        help_text=_("Comma-separated, e.g. GET,POST. Blank: every method."),
+    )
+    key = models.CharField(
+        _("key"),
+        max_length=300,
+        default="ip",
+        validators=[validate_key],
+        help_text=_(
+            "Whom to count: ip, user, user_or_ip, header:<name>, get:<name>, post:<name>, session, or a dotted path to a callable(request) returning a string."
+        ),
+    )
+    algorithm = models.CharField(
+        _("algorithm"), max_length=30, choices=Algorithm.choices, default=Algorithm.GCRA
+    )
+    rate = models.CharField(
+        _("rate"),
+        max_length=50,
+        help_text=_("e.g. 100/m, 5/s, 1000/h, 100/5m, 10 per minute."),
+    )
+    burst = models.PositiveIntegerField(
+        _("burst"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "Bucket capacity for token_bucket, leaky_bucket and gcra; blank: the rate's limit."
+        ),
+    )
+    cost = models.PositiveIntegerField(
+        _("cost"), default=1, help_text=_("Units one request consumes.")
+    )
+    fail_mode = models.CharField(
+        _("when Redis fails"),
+        max_length=10,
+        choices=FailMode.choices,
+        default=FailMode.OPEN,
+    )
+    status_code = models.PositiveSmallIntegerField(
+        _("status code"),
+        default=429,
+        help_text=_("Response status when blocked (usually 429)."),
+    )
+    message = models.CharField(
+        _("message"),
+        max_length=500,
+        blank=True,
+        help_text=_("Shown to blocked clients; blank: 'Rate limit exceeded'."),
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("priority", "name")
+        verbose_name = _("policy")
+        verbose_name_plural = _("policies")
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        super().clean()
+        if self.status_code is not None and not 400 <= self.status_code <= 599:
+            raise ValidationError(
+                {"status_code": _("Use an HTTP error status between 400 and 599.")}
+            )
+        if self.rate:
+            check_rate(
+                self.rate, self.algorithm, self.burst, self.cost or 1, field="rate"
+            )
+
+
+def check_rate(
+    rate: str, algorithm: str, burst: int | None, cost: int, field: str
+) -> None:
+    """Run the engine's own checks, so the admin refuses what the engine would."""
+    try:
+        Rule("check", "check", rate, algorithm, cost, burst)
+    except ValueError as exc:
+        target = "burst" if "burst" in str(exc) else field
+        raise ValidationError({target: str(exc)}) from exc
+
+
+class Exemption(models.Model):
+    """Requests matching any exemption are not counted by the policy."""
+
+    policy = models.ForeignKey(
+        Policy, on_delete=models.CASCADE, related_name="exemptions"
+    )
+    network = models.CharField(
+        _("IP or CIDR"),
+        max_length=64,
+        blank=True,
+        validators=[validate_network],
+        help_text=_("e.g. 203.0.113.7 or 203.0.113.0/24 or 2001:db8::/32."),
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE
+    )
+    group = models.ForeignKey(
+        "auth.Group", null=True, blank=True, on_delete=models.CASCADE
+    )
+    staff = models.BooleanField(_("all staff"), default=False)
+
+    class Meta:
+        verbose_name = _("exemption")
+
+    def __str__(self) -> str:
+        parts = [
+            self.network,
+            self.user and str(self.user),
+            self.group and str(self.group),
+            self.staff and "staff",
+        ]
+        return ", ".join(str(p) for p in parts if p) or "-"
+
+    def clean(self) -> None:
+        chosen = [
+            bool(self.network),
+            self.user_id is not None,
+            self.group_id is not None,
+            self.staff,
+        ]
+        if sum(chosen) != 1:
+            raise ValidationError(
+                _("Give exactly one of: IP or CIDR, user, group, or all staff.")
+            )
+
+
+class Tier(models.Model):
+    """A different rate for members of a group (the most generous tier wins)."""
+
+    policy = models.ForeignKey(Policy, on_delete=models.CASCADE, related_name="tiers")
+    group = models.ForeignKey("auth.Group", on_delete=models.CASCADE)
+    rate = models.CharField(_("rate"), max_length=50, help_text=_("e.g. 1000/m"))
+    burst = models.PositiveIntegerField(_("burst"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("tier override")
+        unique_together = (("policy", "group"),)
+
+    def __str__(self) -> str:
+        return f"{self.group}: {self.rate}"
+
+    def clean(self) -> None:
+        super().clean()
+        policy = getattr(self, "policy", None)
+        if self.rate and policy is not None:
+            check_rate(
+                self.rate, policy.algorithm, self.burst, policy.cost or 1, field="rate"
+            )

@@ -1,0 +1,219 @@
+"""Policy specs from any source, compiled for matching a request; pure, no I/O."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from . import identity
+from .rates import Rate, to_rate
+from .types import Rule
+
+logger = logging.getLogger("ratelimit_app")
+
+SOURCES = ("code", "settings", "db")  # later sources override earlier ones
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
+
+
+def split_methods(value: str) -> list[str]:
+    return [m.strip().upper() for m in value.split(",") if m.strip()]
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A policy as plain data: the JSON form in the snapshot, one per name."""
+
+    name: str
+    rate: str
+    key: str = "ip"
+    algorithm: str = "gcra"
+    burst: int | None = None
+    cost: int = 1
+    enabled: bool = True
+    mode: str = "enforce"
+    priority: int = 100
+    url_name: str = ""
+    view: str = ""
+    path: str = ""
+    path_regex: str = ""
+    methods: str = ""
+    fail_mode: str = "open"
+    status_code: int = 429
+    message: str = ""
+    description: str = ""
+    # Exemptions: IP/CIDR strings, user primary keys, group names, all staff.
+    exempt_networks: tuple[str, ...] = ()
+    exempt_users: tuple[Any, ...] = ()
+    exempt_groups: tuple[str, ...] = ()
+    exempt_staff: bool = False
+    # Tier overrides: (group name, rate, burst or None).
+    tiers: tuple[tuple[str, str, int | None], ...] = ()
+    source: str = "settings"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str) -> PolicySpec:
+        """Build from a settings or snapshot dict; unknown fields are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(unknown)}")
+        values = {**data, "source": source}
+        for name in ("exempt_networks", "exempt_users", "exempt_groups"):
+            values[name] = tuple(values.get(name) or ())
+        values["tiers"] = tuple(
+            (str(g), str(r), b) for g, r, b in (values.get("tiers") or ())
+        )
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Tier:
+    group: str
+    rate: Rate
+    burst: int | None
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    """A validated policy, ready to match requests and build engine rules."""
+
+    spec: PolicySpec
+    rate: Rate
+    methods: frozenset[str]
+    path_re: re.Pattern | None
+    path_regex: re.Pattern | None
+    networks: tuple = ()
+    tiers: tuple[Tier, ...] = ()
+    identify: Any = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def shadow(self) -> bool:
+        return self.spec.mode == "shadow"
+
+    @property
+    def routed(self) -> bool:
+        """True when the policy has a route matcher (used by the middleware)."""
+        s = self.spec
+        return bool(s.url_name or s.view or s.path or s.path_regex)
+
+    def matches_method(self, method: str) -> bool:
+        return not self.methods or method in self.methods
+
+    def matches_route(self, path: str, url_name: str | None, view: str | None) -> bool:
+        s = self.spec
+        return bool(
+            (s.url_name and url_name == s.url_name)
+            or (s.view and view == s.view)
+            or (self.path_re and self.path_re.fullmatch(path))
+            or (self.path_regex and self.path_regex.search(path))
+        )
+
+    def needs_groups(self) -> bool:
+        return bool(self.spec.exempt_groups or self.tiers)
+
+    def is_exempt(self, ip: str, user, groups: frozenset[str]) -> bool:
+        s = self.spec
+        if s.exempt_staff and user is not None and getattr(user, "is_staff", False):
+            return True
+        if s.exempt_users and user is not None and user.pk in s.exempt_users:
+            return True
+        if groups & set(s.exempt_groups):
+            return True
+        return bool(self.networks) and _in_networks(ip, self.networks)
+
+    def rule_for(self, client: str, groups: frozenset[str], cost: int | None = None):
+        """The engine rule for one client; a tier rate for its group members."""
+        rate, burst = self.rate, self.spec.burst
+        tier = self._best_tier(groups)
+        if tier is not None:
+            rate, burst = tier.rate, tier.burst
+        return Rule(
+            self.name,
+            client,
+            rate,
+            self.spec.algorithm,
+            cost if cost is not None else self.spec.cost,
+            burst,
+            self.shadow,
+        )
+
+    def _best_tier(self, groups: frozenset[str]) -> Tier | None:
+        """The most generous tier among the client's groups."""
+        candidates = [t for t in self.tiers if t.group in groups]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda t: t.rate.limit / t.rate.period_ms)
+
+
+def _in_networks(ip: str, networks: tuple) -> bool:
+    try:
+        address = ipaddress.ip_address(ip.split("/")[0])
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
+def glob_to_regex(glob: str) -> re.Pattern:
+    """`*` matches any characters, `/` included; everything else is literal."""
+    return re.compile(".*".join(re.escape(part) for part in glob.split("*")))
+
+
+def compile_spec(spec: PolicySpec) -> CompiledPolicy:
+    """Validate and compile; raise ValueError saying what is wrong."""
+    # The engine's own checks: rate, algorithm, burst, cost.
+    rule = Rule(spec.name, "x", spec.rate, spec.algorithm, spec.cost, spec.burst)
+    methods = split_methods(spec.methods)
+    bad = [m for m in methods if m not in HTTP_METHODS]
+    if bad:
+        raise ValueError(f"unknown HTTP method(s) {', '.join(bad)}")
+    if spec.mode not in ("enforce", "shadow"):
+        raise ValueError(f"mode must be 'enforce' or 'shadow', not {spec.mode!r}")
+    try:
+        path_regex = re.compile(spec.path_regex) if spec.path_regex else None
+    except re.error as exc:
+        raise ValueError(f"path_regex does not compile: {exc}") from exc
+    tiers = tuple(
+        Tier(group, to_rate(rate), burst) for group, rate, burst in spec.tiers
+    )
+    for tier in tiers:
+        Rule(spec.name, "x", tier.rate, spec.algorithm, spec.cost, tier.burst)
+    return CompiledPolicy(
+        spec=spec,
+        rate=rule.parsed_rate,
+        methods=frozenset(methods),
+        path_re=glob_to_regex(spec.path) if spec.path else None,
+        path_regex=path_regex,
+        networks=tuple(
+            ipaddress.ip_network(n, strict=False) for n in spec.exempt_networks
+        ),
+        tiers=tiers,
+        identify=identity.key_function(spec.key),
+    )
+
+
+def compile_all(layers: dict[str, list[PolicySpec]]) -> tuple[CompiledPolicy, ...]:
+    """Merge the sources by name (db over settings over code) and compile.
+
+    A spec that fails validation is skipped with an error log; the one it
+    would have overridden stays in force.
+    """
+    merged: dict[str, CompiledPolicy] = {}
+    for source in SOURCES:
+        for spec in layers.get(source, ()):
+            try:
+                merged[spec.name] = compile_spec(spec)
+            except (ValueError, TypeError) as exc:
+                logger.error(
+                    "ratelimit: skipping %s policy %r: %s", source, spec.name, exc
+                )
+    return tuple(sorted(merged.values(), key=lambda p: (p.spec.priority, p.name)))

@@ -1,0 +1,27 @@
+"""Signals: ``rate_limited`` on every block; policy edits publish a new snapshot."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import Signal
+
+# Sent with sender=the policy name, request=..., decision=..., shadow=bool
+# for every policy that blocks (or, in shadow mode, would block) a request.
+rate_limited = Signal()
+
+
+def publish_on_commit(**kwargs) -> None:
+    """Any change to a policy, exemption or tier republishes after commit."""
+    from .snapshot import store
+
+    transaction.on_commit(store.publish, robust=True)
+
+
+def connect() -> None:
+    from .models import Exemption, Policy, Tier
+
+    for model in (Policy, Exemption, Tier):
+        uid = f"ratelimit_app.publish.{model.__name__}"
+        post_save.connect(publish_on_commit, sender=model, dispatch_uid=uid + ".save")
+        post_delete.connect(publish_on_commit, sender=model, dispatch_uid=uid + ".del")

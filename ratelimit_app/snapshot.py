@@ -1,0 +1,251 @@
+"""The policy snapshot: DB rows cached in Redis, merged with settings and code in each process.
+
+Only the DB layer is shared through Redis: settings and ``@rate_limit`` code
+defaults are per deploy, so each process merges its own (during a rolling
+deploy, old and new code may declare different defaults).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+
+from asgiref.sync import sync_to_async
+from redis.exceptions import RedisError
+
+from . import conf
+from .backends.redis import get_async_client, get_client
+from .policies import CompiledPolicy, PolicySpec, compile_all
+
+logger = logging.getLogger("ratelimit_app")
+
+SNAPSHOT_FORMAT = 1
+_code_specs: dict[str, PolicySpec] = {}
+
+
+def snapshot_keys() -> tuple[str, str]:
+    """(version key, data key); one hash tag so a transaction fits a cluster slot."""
+    base = f"{conf.key_prefix()}{{policies}}"
+    return f"{base}:version", f"{base}:data"
+
+
+def register_code_policy(spec: PolicySpec) -> None:
+    """A code default (from @rate_limit); settings and the admin override it."""
+    _code_specs[spec.name] = spec
+    store.recompile()
+
+
+def settings_specs() -> list[PolicySpec]:
+    specs = []
+    for index, entry in enumerate(conf.get("POLICIES") or ()):
+        try:
+            specs.append(PolicySpec.from_dict(dict(entry), "settings"))
+        except (TypeError, ValueError) as exc:
+            logger.error(
+                "ratelimit: RATELIMIT['POLICIES'][%d] is invalid: %s", index, exc
+            )
+    return specs
+
+
+def db_specs() -> list[PolicySpec]:
+    """Every Policy row as a spec (one query per table, prefetched)."""
+    from .models import Policy
+
+    rows = Policy.objects.prefetch_related("exemptions__group", "tiers__group")
+    return [row_to_spec(row) for row in rows]
+
+
+def row_to_spec(row) -> PolicySpec:
+    exemptions = list(row.exemptions.all())
+    return PolicySpec(
+        name=row.name,
+        rate=row.rate,
+        key=row.key,
+        algorithm=row.algorithm,
+        burst=row.burst,
+        cost=row.cost,
+        enabled=row.enabled,
+        mode=row.mode,
+        priority=row.priority,
+        url_name=row.url_name,
+        view=row.view,
+        path=row.path,
+        path_regex=row.path_regex,
+        methods=row.methods,
+        fail_mode=row.fail_mode,
+        status_code=row.status_code,
+        message=row.message,
+        description=row.description,
+        exempt_networks=tuple(e.network for e in exemptions if e.network),
+        exempt_users=tuple(e.user_id for e in exemptions if e.user_id is not None),
+        exempt_groups=tuple(e.group.name for e in exemptions if e.group_id),
+        exempt_staff=any(e.staff for e in exemptions),
+        tiers=tuple((t.group.name, t.rate, t.burst) for t in row.tiers.all()),
+        source="db",
+    )
+
+
+def encode(token: str, specs: list[PolicySpec]) -> str:
+    policies = [spec.to_json() for spec in specs]
+    return json.dumps({"format": SNAPSHOT_FORMAT, "token": token, "policies": policies})
+
+
+def decode(raw: bytes | str) -> tuple[str, list[PolicySpec]]:
+    """Parse a stored snapshot; ValueError when it is corrupt or foreign."""
+    try:
+        data = json.loads(raw)
+        if data.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"unknown snapshot format {data.get('format')!r}")
+        specs = [PolicySpec.from_dict(p, "db") for p in data["policies"]]
+        return str(data["token"]), specs
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"corrupt policy snapshot: {exc}") from exc
+
+
+class PolicyStore:
+    """The in-process copy, refreshed from Redis at most once per interval."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.db: list[PolicySpec] | None = None
+        self.token: str | None = None
+        self.compiled: tuple[CompiledPolicy, ...] = ()
+        self.checked_at = float("-inf")
+        self.publish_pending = False
+
+    # -- reading ---------------------------------------------------------------
+
+    def policies(self) -> tuple[CompiledPolicy, ...]:
+        """The merged, compiled policies; at most one Redis GET per interval."""
+        if not self._due():
+            return self.compiled
+        with self._lock:
+            if self._due():
+                self.checked_at = time.monotonic()
+                self._refresh(self._read_version)
+        return self.compiled
+
+    async def apolicies(self) -> tuple[CompiledPolicy, ...]:
+        """The async twin: the freshness check uses the asyncio client."""
+        if not self._due():
+            return self.compiled
+        self.checked_at = time.monotonic()
+        try:
+            version = await get_async_client().get(snapshot_keys()[0])
+        except RedisError as exc:
+            version = exc
+        if self._is_current(version):
+            return self.compiled
+        await sync_to_async(self._refresh)(lambda: version)
+        return self.compiled
+
+    def _due(self) -> bool:
+        interval = conf.get("POLICY_REFRESH_INTERVAL")
+        return time.monotonic() - self.checked_at >= interval or self.db is None
+
+    def _is_current(self, version) -> bool:
+        return (
+            self.db is not None
+            and not self.publish_pending
+            and isinstance(version, bytes)
+            and version.decode() == self.token
+        )
+
+    def _read_version(self):
+        try:
+            return get_client().get(snapshot_keys()[0])
+        except RedisError as exc:
+            return exc
+
+    def _refresh(self, read_version) -> None:
+        with self._lock:
+            version = read_version()
+            if self._is_current(version):
+                return
+            if isinstance(version, RedisError):
+                self._on_redis_error(version)
+            elif self.publish_pending or version is None:
+                self.publish()  # Redis restarted empty, or an earlier publish failed
+            else:
+                self._load_from_redis()
+
+    def _load_from_redis(self) -> None:
+        try:
+            token, specs = decode(get_client().get(snapshot_keys()[1]) or b"")
+        except ValueError as exc:
+            logger.error("ratelimit: %s; rebuilding it from the database", exc)
+            self.publish()
+            return
+        except RedisError as exc:
+            self._on_redis_error(exc)
+            return
+        self._adopt(token, specs)
+
+    def _on_redis_error(self, exc: RedisError) -> None:
+        logger.warning("ratelimit: cannot read the policy snapshot from Redis: %s", exc)
+        if self.db is None:  # nothing yet: serve the database's policies
+            self._adopt(None, db_specs())
+
+    # -- writing ---------------------------------------------------------------
+
+    def publish(self) -> None:
+        """Rebuild from the database, store in Redis and adopt locally."""
+        with self._lock:
+            specs = db_specs()
+            token = secrets.token_hex(8)
+            version_key, data_key = snapshot_keys()
+            try:
+                pipe = get_client().pipeline(transaction=True)
+                pipe.set(data_key, encode(token, specs))
+                pipe.set(version_key, token)
+                pipe.execute()
+                self.publish_pending = False
+            except RedisError as exc:
+                logger.error(
+                    "ratelimit: publishing the policy snapshot failed (%s); "
+                    "retrying at the next refresh",
+                    exc,
+                )
+                self.publish_pending = True
+                token = None
+            self._adopt(token, specs)
+
+    def recompile(self) -> None:
+        """Settings or code defaults changed: merge the layers again."""
+        with self._lock:
+            if self.db is not None:
+                self._adopt(self.token, self.db)
+
+    def _adopt(self, token: str | None, specs: list[PolicySpec]) -> None:
+        layers = {
+            "code": list(_code_specs.values()),
+            "settings": settings_specs(),
+            "db": specs,
+        }
+        self.compiled = compile_all(layers)
+        self.db, self.token = specs, token
+
+    def forget(self) -> None:
+        """Drop the local copy (settings changed); the next read reloads."""
+        with self._lock:
+            self.db, self.token, self.compiled = None, None, ()
+            self.checked_at = float("-inf")
+
+
+store = PolicyStore()
+conf.on_change(store.forget)
+
+
+def get_policies() -> tuple[CompiledPolicy, ...]:
+    return store.policies()
+
+
+async def aget_policies() -> tuple[CompiledPolicy, ...]:
+    return await store.apolicies()
+
+
+def policy_by_name(name: str) -> CompiledPolicy | None:
+    return next((p for p in store.policies() if p.name == name), None)
