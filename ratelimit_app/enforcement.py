@@ -133,7 +133,7 @@ _GROUPS_CACHE_SIZE = 10_000
 
 def user_groups(user) -> frozenset[str]:
     """The user's group names, cached per process for GROUPS_CACHE_SECONDS."""
-    if user is None:
+    if user is None or not hasattr(user, "groups"):
         return frozenset()
     now = time.monotonic()
     cached = _groups_cache.get(user.pk)
@@ -145,6 +145,14 @@ def user_groups(user) -> frozenset[str]:
     while len(_groups_cache) > _GROUPS_CACHE_SIZE:
         _groups_cache.popitem(last=False)
     return groups
+
+
+def forget_groups(**kwargs) -> None:
+    """Group membership changed in this process: drop the cached names."""
+    _groups_cache.clear()
+
+
+conf.on_change(forget_groups)
 
 
 def build_rules(

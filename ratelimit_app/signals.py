@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import Signal
 
 # Sent with sender=the policy name, request=..., decision=..., shadow=bool
@@ -19,8 +20,15 @@ def publish_on_commit(**kwargs) -> None:
 
 
 def connect() -> None:
+    from .enforcement import forget_groups
     from .models import Exemption, Policy, Tier
 
+    # Other processes see group changes after RATELIMIT['GROUPS_CACHE_SECONDS'].
+    groups = getattr(get_user_model(), "groups", None)
+    if groups is not None:
+        m2m_changed.connect(
+            forget_groups, sender=groups.through, dispatch_uid="ratelimit_app.groups"
+        )
     for model in (Policy, Exemption, Tier):
         uid = f"ratelimit_app.publish.{model.__name__}"
         post_save.connect(publish_on_commit, sender=model, dispatch_uid=uid + ".save")

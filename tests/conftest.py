@@ -58,3 +58,14 @@ def make_limiter(redis_client, key_prefix):
 def limiter(make_limiter, clock):
     """A limiter driven by a manual clock."""
     return make_limiter(clock=clock)
+
+
+@pytest.fixture(autouse=True)
+def isolated_ratelimit(settings, redis_client):
+    """Each test gets its own key prefix (and so its own policy snapshot)."""
+    prefix = f"rlt-{uuid.uuid4().hex[:12]}:"
+    settings.RATELIMIT = {**settings.RATELIMIT, "KEY_PREFIX": prefix}
+    yield prefix
+    keys = list(redis_client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        redis_client.delete(*keys)

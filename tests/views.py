@@ -59,3 +59,14 @@ def costly(request):
 class ClassBased(View):
     def get(self, request):
         return HttpResponse("ok")
+
+
+def custom_blocked(request, exception):
+    """RATELIMIT['VIEW'] for the tests: a teapot naming the blocking policies."""
+    names = ",".join(exception.outcome.blocking_names)
+    return HttpResponse(f"slow down: {names}", status=418)
+
+
+def user_tier_key(request):
+    """A dotted-path key function for the tests."""
+    return request.headers.get("X-Tenant", "")

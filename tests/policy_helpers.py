@@ -1,0 +1,20 @@
+"""Helpers for tests that declare policies."""
+
+from __future__ import annotations
+
+import contextlib
+
+from django.conf import settings
+from django.test import override_settings
+
+
+@contextlib.contextmanager
+def policies(*entries: dict, **extra):
+    """Run with these RATELIMIT['POLICIES'] (and other RATELIMIT keys)."""
+    ratelimit = {**settings.RATELIMIT, "POLICIES": list(entries), **extra}
+    with override_settings(RATELIMIT=ratelimit):
+        yield
+
+
+def statuses(client, path: str, n: int, **kwargs) -> list[int]:
+    return [client.get(path, **kwargs).status_code for _ in range(n)]
