@@ -1,0 +1,69 @@
+"""@rate_limit on function, class-based and async views."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from ratelimit_app.decorators import rate_limit
+from tests.policy_helpers import policies, statuses
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_code_policy_blocks_after_its_rate(client):
+    assert statuses(client, "/code/", 3) == [200, 200, 429]
+
+
+def test_a_named_policy_comes_from_settings(client):
+    assert statuses(client, "/named/", 3) == [200, 200, 200]  # no such policy yet
+    with policies({"name": "named-policy", "rate": "1/m"}):
+        assert statuses(client, "/named/", 2) == [200, 429]
+
+
+def test_a_disabled_policy_lets_requests_through(client):
+    with policies({"name": "code-limited", "rate": "1/m", "enabled": False}):
+        assert statuses(client, "/code/", 3) == [200, 200, 200]
+
+
+def test_block_false_only_annotates(client):
+    bodies = [client.get("/annotate/").json()["allowed"] for _ in range(3)]
+    assert bodies == [[True], [True], [False]]
+
+
+def test_class_based_views_are_limited(client):
+    assert statuses(client, "/class/", 3) == [200, 200, 429]
+
+
+def test_count_when_counts_only_failures(client):
+    def login(password):
+        return client.post("/login/", {"password": password}).status_code
+
+    assert [login("right") for _ in range(4)] == [200] * 4  # successes are free
+    assert [login("wrong") for _ in range(2)] == [401, 401]
+    assert login("right") == 429  # two failures used the budget
+
+
+def test_count_when_ignores_other_methods(client):
+    assert [client.get("/login/").status_code for _ in range(3)] == [401] * 3
+
+
+def test_a_callable_cost(client):
+    assert client.get("/costly/", {"n": 7}).status_code == 200
+    assert client.get("/costly/", {"n": 4}).status_code == 429
+    assert client.get("/costly/", {"n": 3}).status_code == 200
+
+
+def test_the_middleware_and_the_decorator_count_a_request_once(client):
+    with policies({"name": "code-limited", "rate": "2/m", "path": "/code/"}):
+        assert statuses(client, "/code/", 3) == [200, 200, 429]
+
+
+def test_a_decorator_without_name_or_rate_is_refused():
+    with pytest.raises(ImproperlyConfigured, match="needs a policy name"):
+        rate_limit()
+
+
+async def test_async_views_are_limited(async_client):
+    codes = [(await async_client.get("/async-code/")).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
