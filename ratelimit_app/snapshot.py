@@ -101,7 +101,7 @@ def decode(raw: bytes | str) -> tuple[str, list[PolicySpec]]:
             raise ValueError(f"unknown snapshot format {data.get('format')!r}")
         specs = [PolicySpec.from_dict(p, "db") for p in data["policies"]]
         return str(data["token"]), specs
-    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"corrupt policy snapshot: {exc}") from exc
 
 

@@ -1,0 +1,208 @@
+"""The policy snapshot: published on change, cached in Redis and per process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+
+from ratelimit_app.models import Policy
+from ratelimit_app.snapshot import policy_by_name, snapshot_keys, store
+from ratelimit_app.testing import RedisServer
+from tests.policy_helpers import policies, statuses
+
+pytestmark = pytest.mark.django_db
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def stored_policy_names(redis_client) -> list[str]:
+    raw = redis_client.get(snapshot_keys()[1])
+    return sorted(p["name"] for p in json.loads(raw)["policies"])
+
+
+def test_a_process_that_finds_no_snapshot_publishes_one(redis_client):
+    Policy.objects.create(name="from-db", rate="5/m", path="/x/")
+    assert redis_client.get(snapshot_keys()[0]) is None
+    assert policy_by_name("from-db").spec.source == "db"
+    assert stored_policy_names(redis_client) == ["from-db"]
+
+
+def test_saves_and_deletes_publish_after_commit(
+    redis_client, django_capture_on_commit_callbacks
+):
+    store.policies()
+    with django_capture_on_commit_callbacks(execute=True):
+        policy = Policy.objects.create(name="published", rate="5/m")
+    assert stored_policy_names(redis_client) == ["published"]
+    version = redis_client.get(snapshot_keys()[0])
+    with django_capture_on_commit_callbacks(execute=True):
+        policy.delete()
+    assert stored_policy_names(redis_client) == []
+    assert redis_client.get(snapshot_keys()[0]) != version
+
+
+def test_a_corrupt_snapshot_is_rebuilt_from_the_database(client, redis_client, caplog):
+    with policies(POLICY_REFRESH_INTERVAL=0):
+        Policy.objects.create(name="survivor", rate="1/m", path="/plain/")
+        store.policies()
+        version_key, data_key = snapshot_keys()
+        redis_client.set(data_key, b"\xff{not json")
+        redis_client.set(version_key, "tampered")
+        with caplog.at_level(logging.ERROR, logger="ratelimit_app"):
+            assert statuses(client, "/plain/", 2) == [200, 429]
+    assert "corrupt policy snapshot" in caplog.text
+    assert stored_policy_names(redis_client) == ["survivor"]
+
+
+def test_an_invalid_row_is_skipped_and_the_rest_enforced(client, caplog):
+    Policy.objects.create(name="good", rate="1/m", path="/plain/")
+    Policy.objects.create(name="bad", rate="1/m", path="/api/*")
+    Policy.objects.filter(name="bad").update(path_regex="([unclosed")  # skips clean()
+    with caplog.at_level(logging.ERROR, logger="ratelimit_app"):
+        assert statuses(client, "/plain/", 2) == [200, 429]
+        assert statuses(client, "/api/items/", 2) == [200, 200]
+    assert "skipping db policy 'bad': path_regex does not compile" in caplog.text
+
+
+def test_a_settings_entry_with_an_unknown_field_is_skipped(caplog):
+    with (
+        caplog.at_level(logging.ERROR, logger="ratelimit_app"),
+        policies(
+            {"name": "typo", "rate": "1/m", "pth": "/x/"},
+            {"name": "fine", "rate": "1/m"},
+        ),
+    ):
+        assert policy_by_name("fine") is not None
+        assert policy_by_name("typo") is None
+    assert "RATELIMIT['POLICIES'][0] is invalid: unknown field(s) pth" in caplog.text
+
+
+def test_steady_state_needs_no_database_query(client, django_assert_num_queries):
+    with policies({"name": "steady", "rate": "100/m", "path": "/plain/"}):
+        client.get("/plain/")  # loads the snapshot once
+        with django_assert_num_queries(0):
+            assert statuses(client, "/plain/", 5) == [200] * 5
+
+
+def test_a_failed_publish_is_retried(django_capture_on_commit_callbacks):
+    server = RedisServer().start()
+    try:
+        with policies(REDIS_URL=server.url, POLICY_REFRESH_INTERVAL=0):
+            store.policies()
+            server.stop()
+            with django_capture_on_commit_callbacks(execute=True):
+                Policy.objects.create(name="late", rate="5/m")
+            assert store.publish_pending
+            assert policy_by_name("late") is not None  # adopted locally anyway
+            server = RedisServer(port=server.port).start()
+            store.policies()
+            assert not store.publish_pending
+            client = redis.Redis.from_url(server.url)
+            assert stored_policy_names(client) == ["late"]
+    finally:
+        server.stop()
+
+
+class CommandLog:
+    """Records the commands clients send to a Redis server, through MONITOR.
+
+    Commands run inside scripts show as client type "lua" and are left out.
+    """
+
+    MARKER = "ratelimit-test-end-of-log"
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.marker = redis.Redis.from_url(url)
+        self.marker.ping()  # connected now, so its handshake is not logged
+        self.commands: list[str] = []
+        self._monitor = self.client.monitor().__enter__()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        for entry in self._monitor.listen():
+            if self.MARKER in entry["command"]:
+                return
+            if entry.get("client_type") != "lua":
+                self.commands.append(entry["command"].split()[0].upper())
+
+    def stop(self) -> list[str]:
+        self.marker.echo(self.MARKER)
+        self._thread.join(timeout=10)
+        self._monitor.__exit__(None, None, None)
+        return self.commands
+
+
+def test_three_policies_cost_one_evalsha_per_request(client):
+    server = RedisServer().start()
+    try:
+        entries = [
+            {
+                "name": f"p{n}",
+                "rate": "1000/m",
+                "path": "/plain/",
+                "algorithm": algorithm,
+            }
+            for n, algorithm in enumerate(
+                ("gcra", "fixed_window", "sliding_window_log")
+            )
+        ]
+        with policies(*entries, REDIS_URL=server.url):
+            client.get("/plain/")  # warm up: snapshot loaded, script registered
+            log = CommandLog(server.url)
+            time.sleep(0.2)  # MONITOR is on before the first request
+            started = time.monotonic()
+            assert statuses(client, "/plain/", 20) == [200] * 20
+            elapsed = time.monotonic() - started
+            commands = log.stop()
+    finally:
+        server.stop()
+    assert commands.count("EVALSHA") == 20
+    # Besides the decisions, only the snapshot freshness check: one GET a second.
+    others = [c for c in commands if c != "EVALSHA"]
+    assert set(others) <= {"GET"}
+    assert len(others) <= int(elapsed) + 1
+
+
+def test_an_edit_reaches_another_process_within_a_second(
+    django_capture_on_commit_callbacks, tmp_path
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        policy = Policy.objects.create(
+            name="cross", rate="100000/h", algorithm="fixed_window", path="/plain/"
+        )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "RATELIMIT_TEST_PREFIX": settings.RATELIMIT["KEY_PREFIX"],
+        "REDIS_URL": settings.RATELIMIT["REDIS_URL"],
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.second_process", "/plain/", "15"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        with django_capture_on_commit_callbacks(execute=True):
+            policy.rate = "1/h"
+            policy.save()
+        edited = time.time()
+        first_block = float(worker.stdout.readline())
+    finally:
+        worker.kill()
+        worker.wait()
+    assert 0 <= first_block - edited <= 1.05  # refresh interval 1 s + one 20 ms poll
