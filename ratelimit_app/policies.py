@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import re
 from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
 from typing import Any
 
 from . import identity
@@ -163,6 +164,7 @@ def _in_networks(ip: str, networks: tuple) -> bool:
     return any(address in network for network in networks)
 
 
+@lru_cache(maxsize=1024)
 def glob_to_regex(glob: str) -> re.Pattern:
     """`*` matches any characters, `/` included; everything else is literal."""
     return re.compile(".*".join(re.escape(part) for part in glob.split("*")))
