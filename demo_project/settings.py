@@ -55,6 +55,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "ratelimit_app.middleware.RateLimitMiddleware",
 ]
 
 ROOT_URLCONF = "demo_project.urls"
@@ -83,7 +84,13 @@ CACHES = {
         "LOCATION": REDIS_URL,
     }
 }
-RATELIMIT = {"REDIS_URL": REDIS_URL}
+RATELIMIT = {
+    "REDIS_URL": REDIS_URL,
+    # Edit or override these in the admin (a database row of the same name wins).
+    "POLICIES": [
+        {"name": "demo-api", "path": "/api/*", "rate": "10/m", "key": "user_or_ip"},
+    ],
+}
 
 USE_TZ = True
 TIME_ZONE = "UTC"

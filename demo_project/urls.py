@@ -8,5 +8,6 @@ from . import views
 urlpatterns = [
     path("", views.index, name="index"),
     path("token", views.token, name="token"),
+    path("api/hello", views.hello, name="api-hello"),
     path("admin/", admin.site.urls),
 ]

@@ -13,8 +13,19 @@ TOKEN_RATE = "5/10s"
 
 def index(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
-        {"endpoints": {"/token": f"token bucket, {TOKEN_RATE} per client IP"}}
+        {
+            "endpoints": {
+                "/token": f"token bucket, {TOKEN_RATE} per client IP",
+                "/api/hello": "middleware policy demo-api, 10/m per user or IP",
+                "/admin/": "edit policies",
+            }
+        }
     )
+
+
+def hello(request: HttpRequest) -> JsonResponse:
+    """Limited by the middleware through the settings policy "demo-api"."""
+    return JsonResponse({"hello": "world"})
 
 
 def token(request: HttpRequest) -> JsonResponse:
