@@ -14,6 +14,7 @@ import threading
 import time
 
 from asgiref.sync import sync_to_async
+from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from . import conf
@@ -187,14 +188,19 @@ class PolicyStore:
     def _on_redis_error(self, exc: RedisError) -> None:
         logger.warning("ratelimit: cannot read the policy snapshot from Redis: %s", exc)
         if self.db is None:  # nothing yet: serve the database's policies
-            self._adopt(None, db_specs())
+            self._adopt(None, self._read_db() or [])
 
     # -- writing ---------------------------------------------------------------
 
     def publish(self) -> None:
         """Rebuild from the database, store in Redis and adopt locally."""
         with self._lock:
-            specs = db_specs()
+            specs = self._read_db()
+            if specs is None:  # keep what we have; try again at the next check
+                self.publish_pending = True
+                if self.db is None:
+                    self._adopt(None, [])
+                return
             token = secrets.token_hex(8)
             version_key, data_key = snapshot_keys()
             try:
@@ -212,6 +218,14 @@ class PolicyStore:
                 self.publish_pending = True
                 token = None
             self._adopt(token, specs)
+
+    def _read_db(self) -> list[PolicySpec] | None:
+        """The database's policies, or None (logged) when it is unavailable."""
+        try:
+            return db_specs()
+        except DatabaseError as exc:
+            logger.error("ratelimit: cannot read policies from the database: %s", exc)
+            return None
 
     def recompile(self) -> None:
         """Settings or code defaults changed: merge the layers again."""

@@ -16,7 +16,7 @@ import os  # noqa: E402
 import uuid  # noqa: E402
 
 ROOT_URLCONF = "tests.urls"
-MIDDLEWARE = [*MIDDLEWARE, "ratelimit_app.middleware.RateLimitMiddleware"]  # noqa: F405
+assert "ratelimit_app.middleware.RateLimitMiddleware" in MIDDLEWARE  # noqa: F405
 # Every test process gets its own key prefix on the shared Redis.
 RATELIMIT = {
     "REDIS_URL": REDIS_URL,

@@ -206,3 +206,22 @@ def test_an_edit_reaches_another_process_within_a_second(
         worker.kill()
         worker.wait()
     assert 0 <= first_block - edited <= 1.05  # refresh interval 1 s + one 20 ms poll
+
+
+def test_an_unavailable_database_is_logged_not_a_500(client, caplog, monkeypatch):
+    from django.db import DatabaseError
+
+    from ratelimit_app import snapshot
+
+    def broken():
+        raise DatabaseError("connection refused")
+
+    # The database is what fails here; Redis holds no snapshot yet.
+    monkeypatch.setattr(snapshot, "db_specs", broken)
+    with (
+        caplog.at_level(logging.ERROR, logger="ratelimit_app"),
+        policies({"name": "from-settings", "rate": "1/m", "path": "/plain/"}),
+    ):
+        assert statuses(client, "/plain/", 2) == [200, 429]
+    assert "cannot read policies from the database" in caplog.text
+    assert store.publish_pending
