@@ -1,4 +1,4 @@
-"""Django app configuration: connects signals at start-up and does no I/O."""
+"""Django app configuration: connects signals, registers checks; does no I/O."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ class RatelimitConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import conf, signals
+        from . import checks, conf, signals
 
         conf.connect_signals()
         signals.connect()
+        checks.register_checks()

@@ -1,8 +1,9 @@
-"""Test and demo helpers: a manual clock and a real private redis-server."""
+"""Test helpers: a manual clock, a private redis-server, switches for users' tests."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -10,8 +11,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
+from django.conf import settings
+from django.http import HttpRequest
+from django.test.utils import TestContextDecorator, override_settings
+
+from .types import Identity
 
 
 class ManualClock:
@@ -118,3 +125,186 @@ def find_redis_url() -> str | None:
     if url:
         return url
     return LOCAL_REDIS_URL if redis_answers(LOCAL_REDIS_URL) else None
+
+
+# -- helpers for projects' own test suites ---------------------------------------
+
+
+class _RatelimitOverride(TestContextDecorator):
+    """Overrides settings.RATELIMIT, computed from the value current on entry.
+
+    Computing on entry (not at decoration time) keeps the other keys of
+    whatever RATELIMIT is in force then, so helpers nest with each other and
+    with ``override_settings``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._active: list[override_settings] = []
+
+    def updated(self, current: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def enable(self) -> None:
+        current = getattr(settings, "RATELIMIT", None) or {}
+        override = override_settings(RATELIMIT=self.updated(dict(current)))
+        override.enable()
+        self._active.append(override)
+
+    def disable(self) -> None:
+        self._active.pop().disable()
+
+
+class limits_disabled(_RatelimitOverride):
+    """Turn rate limiting off (``RATELIMIT['ENABLED'] = False``) for a block.
+
+    A context manager, or a decorator for test functions (sync or async) and
+    ``unittest.TestCase`` classes. Every other RATELIMIT key is kept::
+
+        from ratelimit_app.testing import limits_disabled
+
+        @limits_disabled()
+        def test_bulk_import(client):
+            for _ in range(100):
+                assert client.post("/api/items/").status_code == 201
+
+        def test_signup(client):
+            with limits_disabled():
+                client.post("/signup/", {"email": "ada@example.com"})
+    """
+
+    def updated(self, current: dict[str, Any]) -> dict[str, Any]:
+        return {**current, "ENABLED": False}
+
+
+class override_policy(_RatelimitOverride):
+    """Make policy ``name`` take effect with ``fields`` changed, for a block.
+
+    The fields are laid over the policy's current settings entry, else over its
+    ``@rate_limit`` code default (so ``override_policy("login", rate="1/m")``
+    keeps the decorator's methods and key), and the result replaces the entry
+    in ``RATELIMIT['POLICIES']``. A new name needs at least ``rate``. Invalid
+    fields raise ``ValueError`` on entry instead of being skipped silently::
+
+        from ratelimit_app.testing import override_policy
+
+        @override_policy("login", rate="1/m")
+        def test_second_login_attempt_is_refused(client):
+            client.post("/login/", {"password": "wrong"})
+            assert client.post("/login/", {"password": "wrong"}).status_code == 429
+
+        with override_policy("api", rate="5/m", path="/api/*"):
+            ...
+
+    A ``Policy`` row of the same name in the database still wins over
+    settings, in tests as in production: to change such a policy, edit the row
+    (saving it publishes a new snapshot).
+    """
+
+    def __init__(self, name: str, **fields: Any) -> None:
+        super().__init__()
+        self.name = name
+        self.fields = fields
+
+    def updated(self, current: dict[str, Any]) -> dict[str, Any]:
+        entries = list(current.get("POLICIES") or ())
+        entry = {**self._base(entries), **self.fields, "name": self.name}
+        validate_policy_entry(entry)
+        kept = [e for e in entries if not _named(e, self.name)]
+        return {**current, "POLICIES": [*kept, entry]}
+
+    def _base(self, entries: list) -> dict[str, Any]:
+        from .snapshot import _code_specs
+
+        for entry in reversed(entries):  # the last entry of a name wins
+            if _named(entry, self.name):
+                return dict(entry)
+        spec = _code_specs.get(self.name)
+        if spec is None:
+            return {}
+        data = spec.to_json()
+        del data["source"]
+        return data
+
+
+def _named(entry: Any, name: str) -> bool:
+    return isinstance(entry, dict) and entry.get("name") == name
+
+
+def validate_policy_entry(entry: dict[str, Any]) -> None:
+    """Raise ValueError when a settings entry would be skipped by the snapshot."""
+    from .checks import compile_entry
+
+    try:
+        compile_entry(entry)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"override_policy({entry.get('name')!r}): {exc}") from exc
+
+
+def reset_counters(name: str, identity: Identity | HttpRequest) -> None:
+    """Forget policy ``name``'s counters for one client, e.g. after blocking it.
+
+    ``identity`` is what the policy's key extracts: the client IP for ``ip``
+    (``"127.0.0.1"`` for Django's test client), ``"user:<pk>"`` for a signed-in
+    user under ``user``/``user_or_ip`` (``"ip:<address>"`` for an anonymous
+    one), the header or parameter value, ... or pass the request itself and
+    the policy's key extracts it::
+
+        from ratelimit_app.testing import reset_counters
+
+        def test_unblocked_after_reset(client):
+            client.get("/search/")
+            client.get("/search/")
+            assert client.get("/search/").status_code == 429
+            reset_counters("search", "127.0.0.1")
+            assert client.get("/search/").status_code == 200
+    """
+    from .limiter import default_limiter
+
+    if isinstance(identity, HttpRequest):
+        identity = _identity_of(name, identity)
+    default_limiter().reset(name, identity)
+
+
+def _identity_of(name: str, request: HttpRequest) -> Identity:
+    from .snapshot import policy_by_name
+
+    policy = policy_by_name(name)
+    if policy is None:
+        raise LookupError(f"reset_counters: no policy named {name!r} is in force.")
+    return policy.identify(request)
+
+
+def reset_all(prefix: str | None = None) -> int:
+    """Delete every rate-limit counter under ``prefix``; return how many keys went.
+
+    ``prefix`` defaults to the configured ``KEY_PREFIX`` plus the key layout
+    version (``rl:1:``). The policy snapshot is kept, so the next request does
+    not need the database. Uses SCAN: fine in tests, not meant for production::
+
+        from ratelimit_app.testing import reset_all
+
+        @pytest.fixture(autouse=True)
+        def fresh_limits():
+            yield
+            reset_all()
+    """
+    from . import conf
+    from .backends.redis import get_client
+    from .snapshot import snapshot_keys
+
+    client = get_client()
+    keep = {k for key in snapshot_keys() for k in (key, key.encode())}
+    base = conf.key_prefix() if prefix is None else prefix
+    match = re.sub(r"([*?\[\]\\])", r"\\\1", base) + "*"  # the prefix is literal
+    deleted = 0
+    batch: list = []
+    for key in client.scan_iter(match=match, count=1000):
+        if key not in keep:
+            batch.append(key)
+        if len(batch) >= 500:
+            deleted += client.delete(*batch)
+            batch = []
+    if batch:
+        deleted += client.delete(*batch)
+    return deleted
