@@ -1,0 +1,361 @@
+"""The admin: policies with their exemptions and tiers, bulk actions, an explain page."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.text import Truncator
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
+from redis.exceptions import RedisError
+
+from . import actions, limiter
+from .enforcement import USER_KEYS, build_rules, routed_policies, skipped
+from .identity import MISSING
+from .models import Exemption, Mode, Policy, Tier
+from .policies import HTTP_METHODS, CompiledPolicy
+from .snapshot import policy_by_name, store
+from .types import Decision, Rule
+
+
+class ExemptionInline(admin.TabularInline):
+    model = Exemption
+    extra = 0
+    fields = ("network", "user", "group", "staff")
+    raw_id_fields = ("user",)
+
+
+class TierInline(admin.TabularInline):
+    model = Tier
+    extra = 0
+    fields = ("group", "rate", "burst")
+
+
+@admin.register(Policy)
+class PolicyAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "rate",
+        "algorithm",
+        "key",
+        "mode",
+        "enabled",
+        "priority",
+        "matches",
+    )
+    list_editable = ("enabled", "mode")
+    list_filter = ("enabled", "mode", "algorithm", "fail_mode")
+    search_fields = ("name", "description", "path", "url_name", "view")
+    ordering = ("priority", "name")
+    readonly_fields = ("created_at", "updated_at")
+    save_on_top = True
+    inlines = (ExemptionInline, TierInline)
+    actions = (
+        "enable",
+        "disable",
+        "switch_to_shadow",
+        "switch_to_enforce",
+        "reset_counters",
+    )
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "name",
+                    "description",
+                    ("enabled", "mode"),
+                    "priority",
+                    ("created_at", "updated_at"),
+                )
+            },
+        ),
+        (
+            _("What it matches"),
+            {
+                "description": _(
+                    "The middleware applies the policy to a request when any of "
+                    "these matchers matches and the method is listed. Leave them "
+                    "all blank for a policy used only by @rate_limit('name')."
+                ),
+                "fields": ("url_name", "view", "path", "path_regex", "methods"),
+            },
+        ),
+        (_("Whom it counts"), {"fields": ("key",)}),
+        (_("The limit"), {"fields": ("rate", "algorithm", "burst", "cost")}),
+        (
+            _("When blocked, and when Redis fails"),
+            {"fields": ("status_code", "message", "fail_mode")},
+        ),
+    )
+
+    @admin.display(description=_("matches"))
+    def matches(self, policy: Policy) -> str:
+        parts = [
+            policy.url_name and f"url:{policy.url_name}",
+            policy.view and f"view:{policy.view}",
+            policy.path,
+            policy.path_regex and f"re:{policy.path_regex}",
+        ]
+        route = " | ".join(p for p in parts if p) or "@rate_limit"
+        text = f"{route} [{policy.methods or '*'}]"
+        return Truncator(text).chars(60)
+
+    # -- actions: thin shells over ratelimit_app.actions -----------------------
+
+    @admin.action(description=_("Enable selected policies"), permissions=["change"])
+    def enable(self, request, queryset):
+        count = actions.set_enabled(queryset, True, request.user)
+        message = ngettext("%d policy enabled.", "%d policies enabled.", count)
+        self.message_user(request, message % count)
+
+    @admin.action(description=_("Disable selected policies"), permissions=["change"])
+    def disable(self, request, queryset):
+        count = actions.set_enabled(queryset, False, request.user)
+        message = ngettext("%d policy disabled.", "%d policies disabled.", count)
+        self.message_user(request, message % count)
+
+    @admin.action(
+        description=_("Switch selected policies to shadow mode"),
+        permissions=["change"],
+    )
+    def switch_to_shadow(self, request, queryset):
+        count = actions.set_mode(queryset, Mode.SHADOW, request.user)
+        message = ngettext(
+            "%d policy switched to shadow mode.",
+            "%d policies switched to shadow mode.",
+            count,
+        )
+        self.message_user(request, message % count)
+
+    @admin.action(description=_("Enforce selected policies"), permissions=["change"])
+    def switch_to_enforce(self, request, queryset):
+        count = actions.set_mode(queryset, Mode.ENFORCE, request.user)
+        message = ngettext("%d policy enforced.", "%d policies enforced.", count)
+        self.message_user(request, message % count)
+
+    @admin.action(
+        description=_("Reset every client's counters of selected policies"),
+        permissions=["change"],
+    )
+    def reset_counters(self, request, queryset):
+        try:
+            count = actions.reset_policies(queryset, request.user)
+        except RedisError as exc:
+            self.message_user(request, redis_failed(exc), messages.ERROR)
+            return
+        message = ngettext("%d counter deleted.", "%d counters deleted.", count)
+        self.message_user(request, message % count)
+
+    # -- the explain page --------------------------------------------------------
+
+    def get_urls(self):
+        name = f"{self.opts.app_label}_{self.opts.model_name}_explain"
+        explain = self.admin_site.admin_view(self.explain_view)
+        return [path("explain/", explain, name=name), *super().get_urls()]
+
+    @property
+    def explain_url(self) -> str:
+        opts = self.opts
+        return reverse(
+            f"{self.admin_site.name}:{opts.app_label}_{opts.model_name}_explain"
+        )
+
+    def explain_view(self, request):
+        """GET: which policies match a request and the client's live usage;
+        POST: reset one client's counters of one policy.
+        """
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            return self.reset_client(request)
+        form = ExplainForm(request.GET or None)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": _("Explain a request"),
+            "form": form,
+            "can_reset": self.has_change_permission(request),
+        }
+        if form.is_valid():
+            context.update(explain_context(form))
+        request.current_app = self.admin_site.name
+        return TemplateResponse(
+            request, "admin/ratelimit_app/policy/explain.html", context
+        )
+
+    def reset_client(self, request) -> HttpResponseRedirect:
+        """POST: forget one client's counters of one policy (change permission)."""
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        form = ExplainForm(request.POST)
+        policy = policy_by_name(request.POST.get("policy", ""))
+        if not form.is_valid() or policy is None:
+            self.message_user(request, _("Nothing was reset."), messages.ERROR)
+            return HttpResponseRedirect(self.explain_url)
+        try:
+            identity, label = client_of(policy, form)
+            actions.reset_client(policy.name, identity, label, request.user)
+        except RedisError as exc:
+            self.message_user(request, redis_failed(exc), messages.ERROR)
+        except Exception as exc:  # a callable key failing on the fake request
+            self.message_user(request, cannot_identify(exc), messages.ERROR)
+        else:
+            message = gettext("Reset the counters of %(client)s for policy %(name)s.")
+            self.message_user(request, message % {"client": label, "name": policy.name})
+        return HttpResponseRedirect(f"{self.explain_url}?{form.query()}")
+
+
+def redis_failed(exc: Exception) -> str:
+    return gettext("Redis error: %(error)s") % {"error": exc}
+
+
+def cannot_identify(exc: Exception) -> str:
+    message = gettext("Cannot tell the client of this request: %(error)s")
+    return message % {"error": f"{type(exc).__name__}: {exc}"}
+
+
+# -- explaining a request ----------------------------------------------------------
+
+
+class ExplainForm(forms.Form):
+    user = None  # set by clean_username when a username is given
+
+    path = forms.CharField(
+        label=_("Path"), initial="/", max_length=2000, help_text=_("e.g. /api/items/")
+    )
+    method = forms.ChoiceField(
+        label=_("Method"), choices=[(m, m) for m in HTTP_METHODS], initial="GET"
+    )
+    ip = forms.GenericIPAddressField(label=_("Client IP"), initial="127.0.0.1")
+    username = forms.CharField(
+        label=_("Username"),
+        required=False,
+        help_text=_("Optional: explain the request as this user."),
+    )
+
+    def clean_path(self) -> str:
+        value = urlsplit(self.cleaned_data["path"].strip()).path
+        if not value.startswith("/"):
+            raise forms.ValidationError(_("Give a path starting with /."))
+        return value
+
+    def clean_username(self) -> str:
+        username = self.cleaned_data["username"].strip()
+        if username:
+            User = get_user_model()
+            try:
+                self.user = User._default_manager.get_by_natural_key(username)
+            except User.DoesNotExist as exc:
+                raise forms.ValidationError(_("There is no such user.")) from exc
+        return username
+
+    def fake_request(self) -> HttpRequest:
+        """A request as the middleware would see it, from the form's fields."""
+        data = self.cleaned_data
+        request = HttpRequest()
+        request.method = data["method"]
+        request.path = request.path_info = data["path"]
+        request.META["REMOTE_ADDR"] = data["ip"]
+        request.user = self.user or AnonymousUser()
+        return request
+
+    def query(self) -> str:
+        """The form's fields as a query string (back to the page after a reset)."""
+        return urlencode({name: self.cleaned_data[name] for name in self.fields})
+
+
+@dataclass
+class Row:
+    """One matching policy on the explain page."""
+
+    policy: CompiledPolicy
+    client: str = ""
+    exempt: bool = False
+    rule: Rule | None = None
+    usage: Decision | None = None
+    error: str = ""
+    pk: int | None = None
+
+    @property
+    def rate(self) -> str:
+        """The policy's rate, or the group tier's rate that applies instead."""
+        spec = self.policy.spec
+        if self.rule is not None and self.rule.parsed_rate != self.policy.rate:
+            return f"{self.rule.parsed_rate} (group tier; policy: {spec.rate})"
+        return spec.rate
+
+
+def explain(request: HttpRequest, form: ExplainForm) -> tuple[list[Row], str]:
+    """The enabled routed policies matching ``request``, in priority order,
+    with the client each counts and its live usage (one Redis call, no write).
+    """
+    rows = [_row(p, request, form) for p in routed_policies(request, store.policies())]
+    counted = [row for row in rows if row.rule is not None]
+    try:
+        usage = limiter.peek_many([row.rule for row in counted])
+    except RedisError as exc:
+        return rows, str(exc)
+    for row, decision in zip(counted, usage, strict=True):
+        row.usage = decision
+    return rows, ""
+
+
+def explain_context(form: ExplainForm) -> dict:
+    """The explain page's results for a valid form."""
+    request = form.fake_request()
+    rows, redis_error = explain(request, form)
+    names = [row.policy.name for row in rows if row.policy.spec.source == "db"]
+    ids = dict(Policy.objects.filter(name__in=names).values_list("name", "pk"))
+    for row in rows:
+        row.pk = ids.get(row.policy.name)
+    return {
+        "rows": rows,
+        "redis_error": redis_error,
+        "skipped": skipped(request),
+    }
+
+
+def _row(policy: CompiledPolicy, request: HttpRequest, form: ExplainForm) -> Row:
+    row = Row(policy)
+    try:  # the middleware's own code, one policy at a time
+        applied, rules = build_rules(request, [policy])
+        row.client = client_of(policy, form, request)[1]
+    except Exception as exc:  # e.g. a callable key failing on a fake request
+        row.error = cannot_identify(exc)
+        return row
+    row.exempt = not applied
+    row.rule = rules[0] if rules else None
+    return row
+
+
+def client_of(
+    policy: CompiledPolicy, form: ExplainForm, request: HttpRequest | None = None
+) -> tuple:
+    """(identity the policy counts, what may be shown of it) for the form's request."""
+    identity = policy.identify(request or form.fake_request())
+    return identity, describe_identity(policy, identity, form)
+
+
+def describe_identity(policy: CompiledPolicy, identity, form: ExplainForm) -> str:
+    """What may be shown of the client a policy counts; never a secret value."""
+    key = policy.spec.key
+    if identity == MISSING:
+        return f"no {key} value (one bucket shared by all such requests)"
+    if key == "ip":
+        return f"ip {identity}"
+    if key in USER_KEYS:
+        username = form.cleaned_data.get("username")
+        if username and identity.startswith("user:"):
+            return f"{identity} ({username})"
+        return str(identity)
+    return f"the value of {key} (hidden)"
