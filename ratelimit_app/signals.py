@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
@@ -24,7 +25,8 @@ def connect() -> None:
     from .models import Exemption, Policy, Tier
 
     # Other processes see group changes after RATELIMIT['GROUPS_CACHE_SECONDS'].
-    groups = getattr(get_user_model(), "groups", None)
+    user_model = get_user_model() if apps.is_installed("django.contrib.auth") else None
+    groups = getattr(user_model, "groups", None)
     if groups is not None:
         m2m_changed.connect(
             forget_groups, sender=groups.through, dispatch_uid="ratelimit_app.groups"

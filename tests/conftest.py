@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from ratelimit_app.testing import ManualClock
+from tests.persisting_client import PersistingClient
 from tests.redis_env import ensure_redis_url
 
 _url = ensure_redis_url()
@@ -55,9 +56,13 @@ def make_limiter(redis_client, key_prefix):
 
 
 @pytest.fixture
-def limiter(make_limiter, clock):
-    """A limiter driven by a manual clock."""
-    return make_limiter(clock=clock)
+def limiter(make_limiter, clock, redis_client):
+    """A limiter driven by a manual clock.
+
+    Its keys lose their TTL after each call: Redis expires keys in real time,
+    which would wipe state while the manual clock stands still.
+    """
+    return make_limiter(clock=clock, client=PersistingClient(redis_client))
 
 
 @pytest.fixture(autouse=True)
