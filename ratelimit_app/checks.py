@@ -285,12 +285,15 @@ def _value_errors(values: dict[str, Any]) -> list[CheckMessage]:
 def _view_errors(path: Any) -> list[CheckMessage]:
     if path is None:
         return []
-    if not isinstance(path, str) or not path:
-        return [_view_not_importable(path, "it must be a dotted path string.")]
-    try:
-        view = import_string(path)
-    except ImportError as exc:
-        return [_view_not_importable(path, str(exc))]
+    if callable(path):
+        view = path
+    elif not isinstance(path, str) or not path:
+        return [_view_not_importable(path, "use a callable or a dotted path string.")]
+    else:
+        try:
+            view = import_string(path)
+        except ImportError as exc:
+            return [_view_not_importable(path, str(exc))]
     if not _accepts_two_arguments(view):
         return [
             Error(

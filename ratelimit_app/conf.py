@@ -40,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "COUNT_OPTIONS": False,
     # Also send X-RateLimit-Limit / -Remaining / -Reset (delta seconds).
     "LEGACY_HEADERS": False,
-    # Dotted path of a view(request, exception) rendering blocked responses.
+    # A view(request, exception), or its dotted path, rendering blocked responses.
     "VIEW": None,
     # Seconds a process caches a user's group names (group exemptions, tiers).
     "GROUPS_CACHE_SECONDS": 30,

@@ -69,12 +69,14 @@ def rate_limit(
             async def async_wrapper(*args, **kwargs):
                 return await limiter.arun(view, args, kwargs)
 
+            async_wrapper.rate_limit_policy = policy_name
             return async_wrapper
 
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
             return limiter.run(view, args, kwargs)
 
+        wrapper.rate_limit_policy = policy_name  # for the admin's explain page
         return wrapper
 
     return decorator

@@ -90,9 +90,11 @@ def wants_json(request: HttpRequest) -> bool:
 
 def blocked_response(request: HttpRequest, outcome: Outcome) -> HttpResponse:
     """The response for a blocked request: RATELIMIT['VIEW'], JSON or HTML."""
-    view_path = conf.get("VIEW")
-    if view_path:
-        response = import_string(view_path)(request, RateLimitExceeded(outcome))
+    view = conf.get("VIEW")
+    if view:
+        if isinstance(view, str):
+            view = import_string(view)
+        response = view(request, RateLimitExceeded(outcome))
     else:
         response = default_response(request, outcome)
     retry_after = outcome.retry_after

@@ -64,6 +64,7 @@ class PolicySpec:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown field(s) {', '.join(unknown)}")
+        _check_types(data)
         values = {**data, "source": source}
         for name in ("exempt_networks", "exempt_users", "exempt_groups"):
             values[name] = tuple(values.get(name) or ())
@@ -71,6 +72,46 @@ class PolicySpec:
             (str(g), str(r), b) for g, r, b in (values.get("tiers") or ())
         )
         return cls(**values)
+
+
+_STR_FIELDS = frozenset(
+    [
+        "name",
+        "rate",
+        "key",
+        "algorithm",
+        "mode",
+        "url_name",
+        "view",
+        "path",
+        "path_regex",
+        "methods",
+        "fail_mode",
+        "message",
+        "description",
+    ]
+)
+_INT_FIELDS = frozenset({"cost", "priority", "status_code", "burst"})
+_BOOL_FIELDS = frozenset({"enabled", "exempt_staff"})
+_LIST_FIELDS = frozenset({"exempt_networks", "exempt_users", "exempt_groups", "tiers"})
+FAIL_MODES = ("open", "closed", "local")
+
+
+def _check_types(data: dict) -> None:
+    """Refuse wrong types early: a string where a list belongs would split."""
+    for name, value in data.items():
+        if name == "burst" and value is None:
+            continue
+        if name in _STR_FIELDS and not isinstance(value, str):
+            raise ValueError(f"{name} must be a string, not {type(value).__name__}")
+        if name in _INT_FIELDS and (
+            not isinstance(value, int) or isinstance(value, bool)
+        ):
+            raise ValueError(f"{name} must be an integer, not {value!r}")
+        if name in _BOOL_FIELDS and not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, not {value!r}")
+        if name in _LIST_FIELDS and not isinstance(value, list | tuple):
+            raise ValueError(f"{name} must be a list, not {type(value).__name__}")
 
 
 @dataclass(frozen=True)
@@ -180,6 +221,10 @@ def compile_spec(spec: PolicySpec) -> CompiledPolicy:
         raise ValueError(f"unknown HTTP method(s) {', '.join(bad)}")
     if spec.mode not in ("enforce", "shadow"):
         raise ValueError(f"mode must be 'enforce' or 'shadow', not {spec.mode!r}")
+    if spec.fail_mode not in FAIL_MODES:
+        raise ValueError(f"fail_mode must be one of {', '.join(FAIL_MODES)}")
+    if not 400 <= spec.status_code <= 599:
+        raise ValueError(f"status_code must be 400-599, not {spec.status_code}")
     try:
         path_regex = re.compile(spec.path_regex) if spec.path_regex else None
     except re.error as exc:
@@ -214,7 +259,7 @@ def compile_all(layers: dict[str, list[PolicySpec]]) -> tuple[CompiledPolicy, ..
         for spec in layers.get(source, ()):
             try:
                 merged[spec.name] = compile_spec(spec)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, AttributeError) as exc:
                 logger.error(
                     "ratelimit: skipping %s policy %r: %s", source, spec.name, exc
                 )

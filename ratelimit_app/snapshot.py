@@ -39,6 +39,11 @@ def register_code_policy(spec: PolicySpec) -> None:
     store.recompile()
 
 
+def code_spec(name: str) -> PolicySpec | None:
+    """The @rate_limit code default of that name, if any."""
+    return _code_specs.get(name)
+
+
 def settings_specs() -> list[PolicySpec]:
     specs = []
     for index, entry in enumerate(conf.get("POLICIES") or ()):

@@ -214,12 +214,12 @@ class override_policy(_RatelimitOverride):
         return {**current, "POLICIES": [*kept, entry]}
 
     def _base(self, entries: list) -> dict[str, Any]:
-        from .snapshot import _code_specs
+        from .snapshot import code_spec
 
         for entry in reversed(entries):  # the last entry of a name wins
             if _named(entry, self.name):
                 return dict(entry)
-        spec = _code_specs.get(self.name)
+        spec = code_spec(self.name)
         if spec is None:
             return {}
         data = spec.to_json()

@@ -49,6 +49,33 @@ def test_invalid_specs_are_refused_with_the_reason(fields, message):
         compile_spec(spec)
 
 
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"exempt_groups": "staff"}, "exempt_groups must be a list"),
+        ({"path": 7}, "path must be a string"),
+        ({"cost": True}, "cost must be an integer"),
+        ({"enabled": "yes"}, "enabled must be True or False"),
+    ],
+)
+def test_wrong_types_are_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        PolicySpec.from_dict({"name": "p", "rate": "5/m", **fields}, "settings")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"fail_mode": "maybe"}, "fail_mode must be one of open, closed, local"),
+        ({"status_code": 302}, "status_code must be 400-599"),
+    ],
+)
+def test_bad_failure_settings_are_refused(fields, message):
+    spec = PolicySpec.from_dict({"name": "p", "rate": "5/m", **fields}, "settings")
+    with pytest.raises(ValueError, match=message):
+        compile_spec(spec)
+
+
 def test_unknown_fields_are_refused():
     with pytest.raises(ValueError, match="unknown field"):
         PolicySpec.from_dict({"name": "p", "rate": "5/m", "pth": "/"}, "settings")
