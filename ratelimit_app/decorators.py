@@ -9,7 +9,7 @@ from asgiref.sync import iscoroutinefunction
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 
-from .enforcement import Outcome, acheck, check, record, skipped
+from .enforcement import acheck, check, pending, record
 from .headers import apply_headers, blocked_response
 from .policies import CompiledPolicy, PolicySpec
 from .snapshot import aget_policies, get_policies, register_code_policy
@@ -101,47 +101,39 @@ class _Guard:
             count_when,
         )
 
-    def policy(self, policies) -> CompiledPolicy | None:
-        return next((p for p in policies if p.name == self.name), None)
-
-    def applies(self, request, policy) -> bool:
-        if policy is None or not policy.spec.enabled or skipped(request):
-            return False
-        if not policy.matches_method(request.method):
-            return False
-        # The middleware may have counted it already through a route matcher.
-        done = getattr(request, "ratelimit", None)
-        return not (isinstance(done, Outcome) and policy.name in done.names)
+    def pending(self, request, policies) -> list[CompiledPolicy]:
+        named = next((p for p in policies if p.name == self.name), None)
+        return pending(request, [named])
 
     def run(self, view, args, kwargs):
         request = _request_of(args)
-        policy = self.policy(get_policies())
-        if not self.applies(request, policy):
+        policies = self.pending(request, get_policies())
+        if not policies:
             return view(*args, **kwargs)
         counting_later = self.count_when is not None
         outcome = record(
-            request, check(request, [policy], self.cost, consume=not counting_later)
+            request, check(request, policies, self.cost, consume=not counting_later)
         )
         if outcome.blocked and self.block:
             return blocked_response(request, outcome)
         response = view(*args, **kwargs)
         if counting_later and self.count_when(response):
-            check(request, [policy], self.cost)
+            check(request, policies, self.cost)
         return apply_headers(response, outcome)
 
     async def arun(self, view, args, kwargs):
         request = _request_of(args)
-        policy = self.policy(await aget_policies())
-        if not self.applies(request, policy):
+        policies = self.pending(request, await aget_policies())
+        if not policies:
             return await view(*args, **kwargs)
         counting_later = self.count_when is not None
         outcome = record(
             request,
-            await acheck(request, [policy], self.cost, consume=not counting_later),
+            await acheck(request, policies, self.cost, consume=not counting_later),
         )
         if outcome.blocked and self.block:
             return blocked_response(request, outcome)
         response = await view(*args, **kwargs)
         if counting_later and self.count_when(response):
-            await acheck(request, [policy], self.cost)
+            await acheck(request, policies, self.cost)
         return apply_headers(response, outcome)

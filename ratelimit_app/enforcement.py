@@ -108,6 +108,29 @@ def routed_policies(
     return [p for p in candidates if p.matches_route(request.path_info, url_name, view)]
 
 
+def pending(
+    request: HttpRequest, policies: Sequence[CompiledPolicy | None]
+) -> list[CompiledPolicy]:
+    """The given policies that apply to the request and were not decided yet.
+
+    Used where policies are named (decorator, DRF throttle): the middleware may
+    have decided one already through a route matcher, and a request is counted
+    once per policy.
+    """
+    if skipped(request):
+        return []
+    done = getattr(request, "ratelimit", None)
+    decided = done.names if isinstance(done, Outcome) else set()
+    return [
+        p
+        for p in policies
+        if p is not None
+        and p.spec.enabled
+        and p.matches_method(request.method)
+        and p.name not in decided
+    ]
+
+
 # -- who the client is ---------------------------------------------------------
 
 
