@@ -74,3 +74,14 @@ def isolated_ratelimit(settings, redis_client):
     keys = list(redis_client.scan_iter(match=f"{prefix}*", count=1000))
     if keys:
         redis_client.delete(*keys)
+
+
+@pytest.fixture(autouse=True)
+def close_async_test_connections():
+    """Async tests reach the database from asgiref's one sync thread; close its
+    connection afterwards so the test databases can be dropped at the end."""
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
