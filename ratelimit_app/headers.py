@@ -15,6 +15,7 @@ list item per enforcing policy that matched. Per algorithm:
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
@@ -29,6 +30,7 @@ from .types import WINDOW_ALGORITHMS, Decision
 DEFAULT_MESSAGE = "Rate limit exceeded"
 
 
+@lru_cache(maxsize=1024)
 def sf_string(value: str) -> str:
     """A structured-field String (RFC 8941): quoted, with \\ and " escaped."""
     printable = "".join(c for c in value if 0x20 <= ord(c) < 0x7F)

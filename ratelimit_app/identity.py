@@ -52,6 +52,19 @@ def key_function(key: str) -> Callable[[HttpRequest], str]:
 def client_ip(request: HttpRequest) -> str:
     """REMOTE_ADDR, IPv6 grouped by /64; MISSING when absent or malformed."""
     raw = request.META.get("REMOTE_ADDR", "")
+    if not isinstance(raw, str) or len(raw) > _LONGEST_ADDRESS:
+        return MISSING
+    return normalize_ip(raw)
+
+
+# The longest textual IPv6 address (with an IPv4 tail) plus some spaces;
+# anything longer is no address, and is kept out of the cache below.
+_LONGEST_ADDRESS = 64
+
+
+@lru_cache(maxsize=8192)
+def normalize_ip(raw: str) -> str:
+    """Parse once per distinct address: requests repeat their clients."""
     try:
         address = ipaddress.ip_address(raw.strip())
     except ValueError:
