@@ -9,7 +9,7 @@ PYTEST_WORKERS ?= auto
 PYTEST_ARGS ?=
 PORT ?= 8000
 
-.PHONY: install test lint format migrations-check demo bench clean
+.PHONY: install test lint format migrations-check demo bench bench-http clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ demo: install
 
 bench: install
 	$(PY) -m bench.decisions
+
+bench-http: install
+	$(PY) -m bench.http
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
