@@ -167,9 +167,13 @@ def without_password(url: str) -> str:
 
 
 def floor_decider(client: redis.Redis) -> Decide:
-    sha = client.script_load(FLOOR_SCRIPT)
-    evalsha = client.evalsha
-    return lambda: evalsha(sha, 0) == 1
+    """A bare EVALSHA; like our engine, it reloads after NOSCRIPT (another
+    process, e.g. the test suite, may flush scripts on a shared Redis)."""
+    from ratelimit_app.algorithms import Script
+    from ratelimit_app.backends.redis import run_script
+
+    script = Script(FLOOR_SCRIPT, client.script_load(FLOOR_SCRIPT))
+    return lambda: run_script(client, script, [], []) == 1
 
 
 def ours(client: redis.Redis, url: str, prefix: str) -> Adapter:
