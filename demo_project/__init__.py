@@ -1,1 +1,6 @@
 """The demo project: shows ratelimit_app limiting real endpoints."""
+
+# Load the Celery app whenever Django starts, so @shared_task binds to it.
+from .celery import app as celery_app
+
+__all__ = ("celery_app",)

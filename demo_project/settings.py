@@ -96,3 +96,29 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 STATIC_URL = "static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Celery: the broker is the demo's Redis; beat runs the usage statistics
+# pipeline (see docs/usage-stats.md). Start with:
+#   celery -A demo_project worker --beat --loglevel=INFO
+CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BEAT_SCHEDULE = {
+    # Redis counters -> minute rows; a run that waited longer than the next
+    # one is dropped (expires), the next run drains everything anyway.
+    "ratelimit-drain-usage": {
+        "task": "ratelimit_app.tasks.drain_usage",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+    "ratelimit-rollup-usage": {
+        "task": "ratelimit_app.tasks.rollup_usage",
+        "schedule": 300.0,
+        "options": {"expires": 290},
+    },
+    "ratelimit-prune-usage": {
+        "task": "ratelimit_app.tasks.prune_usage",
+        "schedule": 24 * 3600.0,
+        "options": {"expires": 3600},
+    },
+}

@@ -44,6 +44,16 @@ DEFAULTS: dict[str, Any] = {
     "VIEW": None,
     # Seconds a process caches a user's group names (group exemptions, tiers).
     "GROUPS_CACHE_SECONDS": 30,
+    # Seconds live usage counters (and batches a failed drain left behind) stay
+    # in Redis after their last write: a Celery outage longer than this loses counts.
+    "USAGE_TTL": 7 * 24 * 3600,
+    # Seconds minute rows are kept once rolled up (at least a day; None: forever).
+    "USAGE_MINUTE_RETENTION": 3 * 24 * 3600,
+    # Seconds hour rows are kept once rolled up; at least a day longer than
+    # USAGE_MINUTE_RETENTION (None: forever).
+    "USAGE_HOUR_RETENTION": 90 * 24 * 3600,
+    # Seconds day rows are kept (None: forever).
+    "USAGE_DAY_RETENTION": 730 * 24 * 3600,
 }
 
 # Bumped when the key layout changes, so old and new releases can run side by

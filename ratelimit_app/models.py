@@ -1,4 +1,4 @@
-"""Limit policies edited in the admin: Policy, its exemptions and tier rates."""
+"""Policies edited in the admin (Policy, exemptions, tiers) and usage statistics."""
 
 from __future__ import annotations
 
@@ -282,3 +282,121 @@ class Tier(models.Model):
             check_rate(
                 self.rate, policy.algorithm, self.burst, policy.cost or 1, field="rate"
             )
+
+
+class UsageCounts(models.Model):
+    """Decisions of one policy in one period, drained from the Redis counters.
+
+    Keyed by policy name, not a foreign key: settings and code policies have
+    no row, and the stats outlive a deleted policy.
+    """
+
+    policy = models.CharField(_("policy"), max_length=255)
+    allowed = models.BigIntegerField(_("allowed"), default=0)
+    blocked = models.BigIntegerField(_("blocked"), default=0)
+    shadow_blocked = models.BigIntegerField(
+        _("shadow blocked"),
+        default=0,
+        help_text=_("Allowed, but a shadow-mode limit would have blocked."),
+    )
+    cost = models.BigIntegerField(
+        _("cost"), default=0, help_text=_("Units of cost consumed.")
+    )
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.policy} @ {getattr(self, self.period):%Y-%m-%d %H:%M}"
+
+
+class UsageMinute(UsageCounts):
+    period = "minute"
+    minute = models.DateTimeField(_("minute"))
+    rolled_up = models.BooleanField(
+        _("rolled up"),
+        default=False,
+        help_text=_("False: changed since its hour row was last computed."),
+    )
+
+    class Meta:
+        verbose_name = _("usage per minute")
+        verbose_name_plural = _("usage per minute")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["policy", "minute"], name="ratelimit_usageminute_unique"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["minute"], name="ratelimit_usageminute_time"),
+            models.Index(
+                fields=["minute"],
+                condition=models.Q(rolled_up=False),
+                name="ratelimit_usageminute_dirty",
+            ),
+        ]
+
+
+class UsageHour(UsageCounts):
+    period = "hour"
+    hour = models.DateTimeField(_("hour"))
+    rolled_up = models.BooleanField(
+        _("rolled up"),
+        default=False,
+        help_text=_("False: changed since its day row was last computed."),
+    )
+
+    class Meta:
+        verbose_name = _("usage per hour")
+        verbose_name_plural = _("usage per hour")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["policy", "hour"], name="ratelimit_usagehour_unique"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["hour"], name="ratelimit_usagehour_time"),
+            models.Index(
+                fields=["hour"],
+                condition=models.Q(rolled_up=False),
+                name="ratelimit_usagehour_dirty",
+            ),
+        ]
+
+
+class UsageDay(UsageCounts):
+    period = "day"
+    day = models.DateTimeField(_("day"), help_text=_("Midnight UTC."))
+
+    class Meta:
+        verbose_name = _("usage per day")
+        verbose_name_plural = _("usage per day")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["policy", "day"], name="ratelimit_usageday_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["day"], name="ratelimit_usageday_time")]
+
+
+class DrainBatch(models.Model):
+    """A Redis counter batch already added to the usage rows.
+
+    The unique id makes a repeated or concurrent drain of one batch fail its
+    transaction instead of counting the batch twice.
+    """
+
+    batch_id = models.CharField(_("batch id"), max_length=64, unique=True)
+    drained_at = models.DateTimeField(_("drained at"), auto_now_add=True)
+    key_deleted = models.BooleanField(
+        _("key deleted"),
+        default=False,
+        help_text=_("The batch key is gone from Redis, so the row may go soon."),
+    )
+
+    class Meta:
+        verbose_name = _("drained usage batch")
+        indexes = [models.Index(fields=["drained_at"], name="ratelimit_drain_time")]
+
+    def __str__(self) -> str:
+        return self.batch_id

@@ -10,6 +10,10 @@ from demo_project.settings import BASE_DIR  # noqa: E402
 SECRET_KEY = "tests-only-secret-key"
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405
     DATABASES["default"]["NAME"] = BASE_DIR / "tests" / ".test-db.sqlite3"  # noqa: F405
+    # A file, not memory: the Celery workers tests start open the same database.
+    DATABASES["default"]["TEST"] = {  # noqa: F405
+        "NAME": str(BASE_DIR / "tests" / ".test-db.sqlite3.test")
+    }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 import os  # noqa: E402

@@ -1,0 +1,171 @@
+"""The usage counter format in Redis, shared by the writer (engine) and the drain.
+
+One live hash per shard, ``<prefix>{s<N>}:usage``, beside the limiter keys of
+that shard (same hash tag, so the decision script can write it on Redis
+Cluster). Its fields are ``<minute>|<scope>|<metric>``:
+
+* ``minute``: ``floor(unix ms / 60000)`` as a decimal integer (Redis ``TIME``
+  in the script);
+* ``scope``: the policy name; it may itself contain ``|``, so a parser reads
+  the minute from the left and the metric from the right;
+* ``metric``: one of ``METRICS``;
+
+and their values are integers written with ``HINCRBY``. Every write also sets
+the hash's TTL (``USAGE_TTL``), so counters nobody drains expire.
+
+The drain renames a live hash to ``<prefix>{s<N>}:usage:batch:<id>`` and
+registers ``<id>`` in ``<prefix>{s<N>}:usage:batches``, all in the same slot.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+from . import conf
+
+# Field code -> model field. The engine writes the codes, the drain reads them.
+METRICS = {"a": "allowed", "b": "blocked", "s": "shadow_blocked", "c": "cost"}
+COUNTS = tuple(METRICS.values())
+
+# The largest minute a datetime can hold (9999-12-31 23:59 UTC).
+MAX_MINUTE = 4_223_371_679
+# Scopes are stored in a CharField of this length (UsageMinute.policy).
+MAX_SCOPE_LENGTH = 255
+
+_COUNT_RE = re.compile(rb"\d{1,19}")
+_MAX_COUNT = 2**63 - 1
+
+
+# Settings the usage pipeline reads, with their defaults (seconds; None for a
+# retention means "keep forever"). They belong in conf.DEFAULTS; until they are
+# there, ``setting`` falls back to these values.
+def setting(name: str) -> Any:
+    """A usage setting (defaults and comments live in ``conf.DEFAULTS``)."""
+    return conf.get(name)
+
+
+def ttl_seconds() -> int:
+    """Seconds a live counter hash outlives its last write."""
+    ttl = setting("USAGE_TTL")
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 60:
+        raise ImproperlyConfigured(
+            f"RATELIMIT['USAGE_TTL'] = {ttl!r}: use whole seconds, at least 60 "
+            "(default 604800, 7 days)."
+        )
+    return ttl
+
+
+def shard_tag(prefix: str, shard: int) -> str:
+    return f"{prefix}{{s{shard}}}"
+
+
+def live_key(prefix: str, shard: int) -> str:
+    """The hash the engine counts into, e.g. ``rl:1:{s417}:usage``."""
+    return f"{shard_tag(prefix, shard)}:usage"
+
+
+def batch_key(prefix: str, shard: int, batch_id: str) -> str:
+    """A live hash after the drain renamed it, waiting to reach the database."""
+    return f"{shard_tag(prefix, shard)}:usage:batch:{batch_id}"
+
+
+def batches_key(prefix: str, shard: int) -> str:
+    """The set of the shard's batch ids not yet deleted after recording."""
+    return f"{shard_tag(prefix, shard)}:usage:batches"
+
+
+def encode_field(minute: int, scope: str, metric: str) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"Unknown usage metric {metric!r}: use one of {METRICS}.")
+    return f"{minute}|{scope}|{metric}"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageField:
+    minute: int
+    scope: str
+    metric: str  # the model field name, e.g. "allowed"
+
+
+def parse_field(field: bytes | str) -> UsageField:
+    """The parts of a field name; ``ValueError`` for anything unreadable."""
+    text = field.decode("utf-8") if isinstance(field, bytes) else field
+    minute, sep, rest = text.partition("|")
+    scope, sep2, metric = rest.rpartition("|")
+    if not (sep and sep2) or not minute.isascii() or not minute.isdigit():
+        raise ValueError(f"not <minute>|<scope>|<metric>: {text!r}")
+    if int(minute) > MAX_MINUTE:
+        raise ValueError(f"minute out of range: {text!r}")
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}: {text!r}")
+    if not scope or len(scope) > MAX_SCOPE_LENGTH or "\x00" in scope:
+        raise ValueError(f"scope empty, NUL or over {MAX_SCOPE_LENGTH} characters")
+    return UsageField(int(minute), scope, METRICS[metric])
+
+
+def parse_count(value: bytes | str) -> int:
+    """A counter value; ``ValueError`` unless a non-negative 64-bit integer."""
+    raw = value.encode() if isinstance(value, str) else value
+    if not _COUNT_RE.fullmatch(raw) or int(raw) > _MAX_COUNT:
+        raise ValueError(f"not a counter value: {value!r}")
+    return int(raw)
+
+
+def queue_usage(
+    pipe,
+    shard: int,
+    minute: int,
+    scope: str,
+    allowed: int = 0,
+    blocked: int = 0,
+    shadow_blocked: int = 0,
+    cost: int = 0,
+    *,
+    prefix: str | None = None,
+    ttl: int | None = None,
+) -> None:
+    """Queue on a pipeline the writes the engine makes for one decision."""
+    key = live_key(prefix if prefix is not None else conf.key_prefix(), shard)
+    for code, amount in zip(
+        METRICS, (allowed, blocked, shadow_blocked, cost), strict=True
+    ):
+        if amount:
+            pipe.hincrby(key, encode_field(minute, scope, code), amount)
+    pipe.pexpire(key, (ttl if ttl is not None else ttl_seconds()) * 1000)
+
+
+def record_usage(
+    client,
+    shard: int,
+    minute: int,
+    scope: str,
+    allowed: int = 0,
+    blocked: int = 0,
+    shadow_blocked: int = 0,
+    cost: int = 0,
+    *,
+    prefix: str | None = None,
+    ttl: int | None = None,
+) -> None:
+    """Count usage as the decision script will: ``HINCRBY`` and the TTL, one trip.
+
+    Tests and the benchmark use it until the engine's Lua does the counting.
+    """
+    pipe = client.pipeline(transaction=False)
+    queue_usage(
+        pipe,
+        shard,
+        minute,
+        scope,
+        allowed,
+        blocked,
+        shadow_blocked,
+        cost,
+        prefix=prefix,
+        ttl=ttl,
+    )
+    pipe.execute()
