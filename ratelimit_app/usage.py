@@ -138,34 +138,12 @@ def queue_usage(
     pipe.pexpire(key, (ttl if ttl is not None else ttl_seconds()) * 1000)
 
 
-def record_usage(
-    client,
-    shard: int,
-    minute: int,
-    scope: str,
-    allowed: int = 0,
-    blocked: int = 0,
-    shadow_blocked: int = 0,
-    cost: int = 0,
-    *,
-    prefix: str | None = None,
-    ttl: int | None = None,
-) -> None:
+def record_usage(client, *args, **kwargs) -> None:
     """Count usage as the decision script will: ``HINCRBY`` and the TTL, one trip.
 
-    Tests and the benchmark use it until the engine's Lua does the counting.
+    Takes ``queue_usage``'s arguments. Tests and the benchmark use it until the
+    engine's Lua does the counting.
     """
     pipe = client.pipeline(transaction=False)
-    queue_usage(
-        pipe,
-        shard,
-        minute,
-        scope,
-        allowed,
-        blocked,
-        shadow_blocked,
-        cost,
-        prefix=prefix,
-        ttl=ttl,
-    )
+    queue_usage(pipe, *args, **kwargs)
     pipe.execute()
