@@ -24,7 +24,7 @@ from .identity import MISSING
 from .models import Exemption, Mode, Policy, Tier
 from .policies import HTTP_METHODS, CompiledPolicy
 from .snapshot import policy_by_name, store
-from .types import Decision, Rule
+from .types import Decision
 
 
 class ExemptionInline(admin.TabularInline):
@@ -281,7 +281,7 @@ class Row:
     policy: CompiledPolicy
     client: str = ""
     exempt: bool = False
-    rule: Rule | None = None
+    rule: tuple | None = None  # (RuleSpec, identity), as the middleware builds
     usage: Decision | None = None
     error: str = ""
     pk: int | None = None
@@ -290,8 +290,8 @@ class Row:
     def rate(self) -> str:
         """The policy's rate, or the group tier's rate that applies instead."""
         spec = self.policy.spec
-        if self.rule is not None and self.rule.parsed_rate != self.policy.rate:
-            return f"{self.rule.parsed_rate} (group tier; policy: {spec.rate})"
+        if self.rule is not None and self.rule[0].rate != self.policy.rate:
+            return f"{self.rule[0].rate} (group tier; policy: {spec.rate})"
         return spec.rate
 
 
@@ -302,7 +302,7 @@ def explain(request: HttpRequest, form: ExplainForm) -> tuple[list[Row], str]:
     rows = [_row(p, request, form) for p in routed_policies(request, store.policies())]
     counted = [row for row in rows if row.rule is not None]
     try:
-        usage = limiter.peek_many([row.rule for row in counted])
+        usage = limiter.default_limiter().decide([row.rule for row in counted], "peek")
     except RedisError as exc:
         return rows, str(exc)
     for row, decision in zip(counted, usage, strict=True):

@@ -17,9 +17,10 @@ from django.urls import Resolver404, resolve
 
 from . import conf, limiter
 from .identity import client_ip
+from .limiter import RuleSpec
 from .policies import CompiledPolicy, glob_to_regex
 from .signals import rate_limited
-from .types import Decision, Rule
+from .types import Decision, Identity
 
 logger = logging.getLogger("ratelimit_app")
 
@@ -182,8 +183,8 @@ def build_rules(
     request: HttpRequest,
     policies: Sequence[CompiledPolicy],
     cost: int | Callable | None = None,
-) -> tuple[list[CompiledPolicy], list[Rule]]:
-    """The engine rules for the policies that do not exempt this client."""
+) -> tuple[list[CompiledPolicy], list[tuple[RuleSpec, Identity]]]:
+    """(spec, identity) pairs for the policies that do not exempt this client."""
     ip = client_ip(request)
     user = request_user(request) if needs_user(policies) else None
     groups = (
@@ -191,13 +192,13 @@ def build_rules(
     )
     if callable(cost):
         cost = cost(request)
-    applied, rules = [], []
+    applied, items = [], []
     for policy in policies:
         if policy.is_exempt(ip, user, groups):
             continue
         applied.append(policy)
-        rules.append(policy.rule_for(policy.identify(request), groups, cost))
-    return applied, rules
+        items.append((policy.rule_spec(groups, cost), policy.identify(request)))
+    return applied, items
 
 
 # -- the engine call -------------------------------------------------------------
@@ -205,23 +206,24 @@ def build_rules(
 
 def check(request, policies, cost=None, *, consume: bool = True) -> Outcome:
     """Evaluate every policy in one engine call (all-or-nothing)."""
-    applied, rules = build_rules(request, policies, cost)
-    if not rules:
+    applied, items = build_rules(request, policies, cost)
+    if not items:
         return Outcome()
-    run = limiter.hit_many if consume else limiter.peek_many
-    return report(request, Outcome(applied, run(rules)))
+    decisions = limiter.default_limiter().decide(items, "hit" if consume else "peek")
+    return report(request, Outcome(applied, decisions))
 
 
 async def acheck(request, policies, cost=None, *, consume: bool = True) -> Outcome:
     """The async twin; only reading request.user hops to a thread."""
     if needs_user(policies) or callable(cost):
-        applied, rules = await sync_to_async(build_rules)(request, policies, cost)
+        applied, items = await sync_to_async(build_rules)(request, policies, cost)
     else:
-        applied, rules = build_rules(request, policies, cost)
-    if not rules:
+        applied, items = build_rules(request, policies, cost)
+    if not items:
         return Outcome()
-    run = limiter.ahit_many if consume else limiter.apeek_many
-    return report(request, Outcome(applied, await run(rules)))
+    mode = "hit" if consume else "peek"
+    decisions = await limiter.default_limiter().adecide(items, mode)
+    return report(request, Outcome(applied, decisions))
 
 
 def report(request: HttpRequest, outcome: Outcome) -> Outcome:

@@ -26,6 +26,9 @@ class RuleSpec:
     suffix: str
     capacity: int
     script: Script
+    scope: str
+    rate: Rate
+    shadow: bool
 
 
 @lru_cache(maxsize=4096, typed=True)
@@ -49,6 +52,9 @@ def rule_spec(rule: Rule) -> RuleSpec:
         key_suffix(rule.scope, rule.algorithm),
         rule.capacity,
         script_for(frozenset((rule.algorithm,))),
+        rule.scope,
+        rate,
+        rule.shadow,
     )
 
 
@@ -100,37 +106,28 @@ class Limiter:
     def _base(self, identity: Identity) -> str:
         return identity_base(self.prefix, self.shards, self.secret, identity)
 
-    def keys_for(self, rules: Sequence[Rule]) -> list[str]:
-        """One state key per rule; rules of one identity share a hash tag."""
+    def pack(self, items: Sequence[tuple[RuleSpec, Identity]], mode: str):
+        """The script, KEYS and ARGV of one call; rules of one identity share
+        a hash tag, so they sit in one Redis Cluster slot."""
         bases: dict[Identity, str] = {}
-        keys = []
-        for rule in rules:
-            base = bases.get(rule.identity)
+        keys, args, algorithms = [], [mode, self._now()], set()
+        for spec, identity in items:
+            base = bases.get(identity)
             if base is None:
-                base = bases[rule.identity] = self._base(rule.identity)
-            keys.append(rule_key(base, rule.scope, rule.algorithm))
+                base = bases[identity] = self._base(check_identity(identity))
+            keys.append(base + spec.suffix)
+            args += spec.argv
+            algorithms.add(spec.argv[0])
         if len(set(keys)) != len(keys):
             raise ValueError(
                 "Two rules in one call share scope, identity and algorithm; "
                 "give each rule its own scope."
             )
-        return keys
+        return script_for(frozenset(algorithms)), keys, args
 
-    def prepare(self, rules: Sequence[Rule], mode: str) -> tuple[Script, list, list]:
-        """The script, KEYS and ARGV of one call evaluating ``rules``."""
-        keys = self.keys_for(rules)
-        args: list = [mode, self._now()]
-        for rule in rules:
-            args += spec_of(
-                rule.scope,
-                rule.rate,
-                rule.algorithm,
-                rule.cost,
-                rule.burst,
-                rule.shadow,
-            ).argv
-        script = script_for(frozenset(rule.algorithm for rule in rules))
-        return script, keys, args
+    def keys_for(self, rules: Sequence[Rule]) -> list[str]:
+        """One state key per rule."""
+        return self.pack(_items(rules), "hit")[1]
 
     def _prepare_one(self, scope, identity, rate, algorithm, cost, burst, mode):
         spec = spec_of(scope, rate, algorithm, cost, burst)
@@ -145,18 +142,20 @@ class Limiter:
 
     def hit_many(self, rules: Iterable[Rule]) -> list[Decision]:
         """Consume from every rule, or from none if any enforcing rule denies."""
-        return self._many(rules, "hit")
+        return self.decide(_items(rules), "hit")
 
     def peek_many(self, rules: Iterable[Rule]) -> list[Decision]:
         """Would every rule pass at its cost? Consumes nothing."""
-        return self._many(rules, "peek")
+        return self.decide(_items(rules), "peek")
 
-    def _many(self, rules: Iterable[Rule], mode: str) -> list[Decision]:
-        rules = list(rules)
-        if not rules:
+    def decide(
+        self, items: Sequence[tuple[RuleSpec, Identity]], mode: str = "hit"
+    ) -> list[Decision]:
+        """Evaluate prepared (spec, identity) pairs in one call (the hot path)."""
+        if not items:
             return []
-        reply = run_script(self.client, *self.prepare(rules, mode))
-        return to_decisions(rules, reply)
+        reply = run_script(self.client, *self.pack(items, mode))
+        return to_decisions(items, reply)
 
     def hit(
         self,
@@ -198,17 +197,18 @@ class Limiter:
     # -- async API -------------------------------------------------------------
 
     async def ahit_many(self, rules: Iterable[Rule]) -> list[Decision]:
-        return await self._amany(rules, "hit")
+        return await self.adecide(_items(rules), "hit")
 
     async def apeek_many(self, rules: Iterable[Rule]) -> list[Decision]:
-        return await self._amany(rules, "peek")
+        return await self.adecide(_items(rules), "peek")
 
-    async def _amany(self, rules: Iterable[Rule], mode: str) -> list[Decision]:
-        rules = list(rules)
-        if not rules:
+    async def adecide(
+        self, items: Sequence[tuple[RuleSpec, Identity]], mode: str = "hit"
+    ) -> list[Decision]:
+        if not items:
             return []
-        reply = await arun_script(self.async_client, *self.prepare(rules, mode))
-        return to_decisions(rules, reply)
+        reply = await arun_script(self.async_client, *self.pack(items, mode))
+        return to_decisions(items, reply)
 
     async def ahit(
         self,
@@ -261,11 +261,18 @@ def to_decision(reply: list, index: int, capacity: int, scope: str, shadow: bool
     )
 
 
-def to_decisions(rules: Sequence[Rule], reply: list) -> list[Decision]:
+def to_decisions(items: Sequence[tuple[RuleSpec, Identity]], reply: list):
     """One Decision per rule, in order."""
     return [
-        to_decision(reply, index, rule.capacity, rule.scope, rule.shadow)
-        for index, rule in enumerate(rules)
+        to_decision(reply, index, spec.capacity, spec.scope, spec.shadow)
+        for index, (spec, _) in enumerate(items)
+    ]
+
+
+def _items(rules: Iterable[Rule]) -> list[tuple[RuleSpec, Identity]]:
+    return [
+        (spec_of(r.scope, r.rate, r.algorithm, r.cost, r.burst, r.shadow), r.identity)
+        for r in rules
     ]
 
 

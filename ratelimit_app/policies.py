@@ -10,6 +10,7 @@ from functools import lru_cache
 from typing import Any
 
 from . import identity
+from .limiter import RuleSpec, spec_of
 from .rates import Rate, to_rate
 from .types import Rule
 
@@ -173,21 +174,18 @@ class CompiledPolicy:
             return True
         return bool(self.networks) and _in_networks(ip, self.networks)
 
-    def rule_for(self, client: str, groups: frozenset[str], cost: int | None = None):
-        """The engine rule for one client; a tier rate for its group members."""
+    def rule_spec(self, groups: frozenset[str], cost: int | None = None) -> RuleSpec:
+        """The engine rule (but its identity); a tier rate for group members.
+
+        Validated and cached: the common case costs a dictionary lookup.
+        """
         rate, burst = self.rate, self.spec.burst
-        tier = self._best_tier(groups)
+        tier = self._best_tier(groups) if self.tiers else None
         if tier is not None:
             rate, burst = tier.rate, tier.burst
-        return Rule(
-            self.name,
-            client,
-            rate,
-            self.spec.algorithm,
-            cost if cost is not None else self.spec.cost,
-            burst,
-            self.shadow,
-        )
+        if cost is None:
+            cost = self.spec.cost
+        return spec_of(self.name, rate, self.spec.algorithm, cost, burst, self.shadow)
 
     def _best_tier(self, groups: frozenset[str]) -> Tier | None:
         """The most generous tier among the client's groups."""

@@ -111,9 +111,9 @@ def test_the_most_generous_tier_wins():
             "tiered", "1/m", tiers=(("silver", "10/m", None), ("gold", "100/m", 150))
         )
     )
-    rule = policy.rule_for("client", frozenset({"silver", "gold"}))
-    assert (rule.parsed_rate.limit, rule.burst) == (100, 150)
-    assert policy.rule_for("client", frozenset()).parsed_rate.limit == 1
+    spec = policy.rule_spec(frozenset({"silver", "gold"}))
+    assert (spec.rate.limit, spec.capacity) == (100, 150)
+    assert policy.rule_spec(frozenset()).rate.limit == 1
 
 
 def test_network_exemptions_accept_ipv4_and_ipv6():
