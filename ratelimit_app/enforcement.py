@@ -34,6 +34,8 @@ class Outcome:
 
     policies: list[CompiledPolicy] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    # The rules applied (a group tier may replace a policy's own rate).
+    specs: list[RuleSpec] = field(default_factory=list)
 
     @property
     def blocked(self) -> bool:
@@ -62,6 +64,7 @@ class Outcome:
     def extend(self, other: Outcome) -> None:
         self.policies += other.policies
         self.decisions += other.decisions
+        self.specs += other.specs
 
     @property
     def names(self) -> set[str]:
@@ -210,7 +213,7 @@ def check(request, policies, cost=None, *, consume: bool = True) -> Outcome:
     if not items:
         return Outcome()
     decisions = limiter.default_limiter().decide(items, "hit" if consume else "peek")
-    return report(request, Outcome(applied, decisions))
+    return report(request, Outcome(applied, decisions, [spec for spec, _ in items]))
 
 
 async def acheck(request, policies, cost=None, *, consume: bool = True) -> Outcome:
@@ -223,7 +226,7 @@ async def acheck(request, policies, cost=None, *, consume: bool = True) -> Outco
         return Outcome()
     mode = "hit" if consume else "peek"
     decisions = await limiter.default_limiter().adecide(items, mode)
-    return report(request, Outcome(applied, decisions))
+    return report(request, Outcome(applied, decisions, [spec for spec, _ in items]))
 
 
 def report(request: HttpRequest, outcome: Outcome) -> Outcome:

@@ -24,8 +24,8 @@ from django.utils.module_loading import import_string
 from . import conf
 from .enforcement import Outcome
 from .exceptions import RateLimitExceeded
-from .policies import CompiledPolicy
-from .types import WINDOW_ALGORITHMS, Decision
+from .rates import Rate
+from .types import WINDOW_ALGORITHMS
 
 DEFAULT_MESSAGE = "Rate limit exceeded"
 
@@ -37,11 +37,14 @@ def sf_string(value: str) -> str:
     return '"' + printable.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def window_seconds(policy: CompiledPolicy, decision: Decision) -> int:
-    rate = policy.rate
-    if policy.spec.algorithm in WINDOW_ALGORITHMS:
-        return math.ceil(rate.period_ms / 1000)
-    return math.ceil(decision.limit * rate.period_ms / rate.limit / 1000)
+@lru_cache(maxsize=4096)
+def policy_item(name: str, algorithm: str, rate: Rate, capacity: int) -> str:
+    """One RateLimit-Policy list item; the same for every request of a policy."""
+    if algorithm in WINDOW_ALGORITHMS:
+        window = math.ceil(rate.period_ms / 1000)
+    else:  # the time to refill the whole capacity
+        window = math.ceil(capacity * rate.period_ms / rate.limit / 1000)
+    return f"{sf_string(name)};q={capacity};w={window}"
 
 
 def whole_seconds(seconds: float) -> int:
@@ -51,25 +54,27 @@ def whole_seconds(seconds: float) -> int:
 
 def ratelimit_headers(outcome: Outcome) -> dict[str, str]:
     """Headers for every enforcing policy that matched (shadow ones are silent)."""
-    pairs = [
-        (p, d)
-        for p, d in zip(outcome.policies, outcome.decisions, strict=True)
+    rows = [
+        (p, d, rule)
+        for p, d, rule in zip(
+            outcome.policies, outcome.decisions, outcome.specs, strict=True
+        )
         if not d.shadow
     ]
-    if not pairs:
+    if not rows:
         return {}
     headers = {
         "RateLimit-Policy": ", ".join(
-            f"{sf_string(p.name)};q={d.limit};w={window_seconds(p, d)}"
-            for p, d in pairs
+            policy_item(p.name, p.spec.algorithm, rule.rate, d.limit)
+            for p, d, rule in rows
         ),
         "RateLimit": ", ".join(
             f"{sf_string(p.name)};r={d.remaining};t={whole_seconds(d.reset_after)}"
-            for p, d in pairs
+            for p, d, _ in rows
         ),
     }
     if conf.get("LEGACY_HEADERS"):
-        decision = min((d for _, d in pairs), key=lambda d: d.remaining)
+        decision = min((d for _, d, _ in rows), key=lambda d: d.remaining)
         headers["X-RateLimit-Limit"] = str(decision.limit)
         headers["X-RateLimit-Remaining"] = str(decision.remaining)
         headers["X-RateLimit-Reset"] = str(whole_seconds(decision.reset_after))

@@ -287,9 +287,10 @@ def test_a_tier_gives_group_members_their_own_rate(
         policy = Policy.objects.create(
             name="tiered", rate="1/m", path="/plain/", key="user"
         )
-        Tier.objects.create(policy=policy, group=gold, rate="3/m")
+        Tier.objects.create(policy=policy, group=gold, rate="3/2m")
     client.force_login(rich)
-    assert statuses(client, "/plain/", 4) == [200, 200, 200, 429]
+    assert client.get("/plain/").headers["RateLimit-Policy"] == '"tiered";q=3;w=120'
+    assert statuses(client, "/plain/", 3) == [200, 200, 429]
     client.force_login(poor)
     assert statuses(client, "/plain/", 2) == [200, 429]
 
