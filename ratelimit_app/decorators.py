@@ -11,7 +11,7 @@ from django.http import HttpRequest
 
 from .enforcement import acheck, check, pending, record
 from .headers import apply_headers, blocked_response
-from .policies import CompiledPolicy, PolicySpec
+from .policies import CompiledPolicy, PolicySpec, compile_spec
 from .snapshot import aget_policies, get_policies, register_code_policy
 
 
@@ -48,18 +48,17 @@ def rate_limit(
             "<", ""
         ).replace(">", "")
         if rate is not None:
-            register_code_policy(
-                PolicySpec(
-                    name=policy_name,
-                    rate=rate,
-                    key=key,
-                    algorithm=algorithm,
-                    burst=burst,
-                    cost=1 if callable(cost) else cost,
-                    methods=",".join(methods or ()),
-                    source="code",
-                )
+            spec = PolicySpec(
+                name=policy_name,
+                rate=rate,
+                key=key,
+                algorithm=algorithm,
+                burst=burst,
+                cost=1 if callable(cost) else cost,
+                methods=",".join(methods or ()),
+                source="code",
             )
+            register_checked(spec, view)
         limiter = _Guard(
             policy_name, block, cost if callable(cost) else None, count_when
         )
@@ -80,6 +79,17 @@ def rate_limit(
         return wrapper
 
     return decorator
+
+
+def register_checked(spec: PolicySpec, view) -> None:
+    """Register a code default; a mistake fails at import, naming the view."""
+    try:
+        compile_spec(spec)
+    except (TypeError, ValueError) as exc:
+        raise ImproperlyConfigured(
+            f"@rate_limit on {view.__qualname__}: {exc}"
+        ) from exc
+    register_code_policy(spec)
 
 
 def _request_of(args) -> HttpRequest:

@@ -64,6 +64,22 @@ def test_a_decorator_without_name_or_rate_is_refused():
         rate_limit()
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rate": "5/parsec"}, "Invalid rate '5/parsec'"),
+        ({"rate": "5/m", "key": "cookie:x"}, "Unknown key type"),
+        ({"rate": "5/m", "algorithm": "fixed_window", "burst": 9}, "burst applies"),
+    ],
+)
+def test_a_bad_code_policy_fails_at_import_time(kwargs, message):
+    with pytest.raises(ImproperlyConfigured, match=message):
+
+        @rate_limit(name="broken", **kwargs)
+        def view(request):
+            return None
+
+
 async def test_async_views_are_limited(async_client):
     codes = [(await async_client.get("/async-code/")).status_code for _ in range(3)]
     assert codes == [200, 200, 429]
