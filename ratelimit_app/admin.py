@@ -19,7 +19,14 @@ from django.utils.translation import gettext_lazy as _
 from redis.exceptions import RedisError
 
 from . import actions, limiter
-from .enforcement import USER_KEYS, build_rules, routed_policies, skipped
+from .enforcement import (
+    USER_KEYS,
+    build_rules,
+    pending,
+    routed_policies,
+    skipped,
+    view_policy_name,
+)
 from .identity import MISSING
 from .models import Exemption, Mode, Policy, Tier
 from .policies import HTTP_METHODS, CompiledPolicy
@@ -295,11 +302,20 @@ class Row:
         return spec.rate
 
 
+def explained_policies(request: HttpRequest) -> list[CompiledPolicy]:
+    """What the middleware applies, then the view's @rate_limit policy."""
+    policies = store.policies()
+    matched = routed_policies(request, policies)
+    name = view_policy_name(request)
+    decorated = [p for p in policies if p.name == name]
+    return matched + [p for p in pending(request, decorated) if p not in matched]
+
+
 def explain(request: HttpRequest, form: ExplainForm) -> tuple[list[Row], str]:
     """The enabled routed policies matching ``request``, in priority order,
     with the client each counts and its live usage (one Redis call, no write).
     """
-    rows = [_row(p, request, form) for p in routed_policies(request, store.policies())]
+    rows = [_row(p, request, form) for p in explained_policies(request)]
     counted = [row for row in rows if row.rule is not None]
     try:
         usage = limiter.default_limiter().decide([row.rule for row in counted], "peek")

@@ -95,6 +95,17 @@ def route_of(request: HttpRequest) -> tuple[str | None, str | None]:
     return match.view_name, match._func_path
 
 
+def view_policy_name(request: HttpRequest) -> str | None:
+    """The policy a ``@rate_limit`` decorator puts on the request's view."""
+    try:
+        match = resolve(request.path_info, getattr(request, "urlconf", None))
+    except Resolver404:
+        return None
+    view_class = getattr(match.func, "view_class", None)
+    target = view_class.dispatch if view_class is not None else match.func
+    return getattr(target, "rate_limit_policy", None)
+
+
 def routed_policies(
     request: HttpRequest, policies: Sequence[CompiledPolicy]
 ) -> list[CompiledPolicy]:

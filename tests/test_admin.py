@@ -621,3 +621,17 @@ def test_explain_reset_of_a_settings_policy_is_logged_without_a_row(
     assert limiter.peek(name, CLIENT_IP, "4/m").remaining == 4
     entry = LogEntry.objects.get(object_repr=name)
     assert (entry.object_id, entry.content_type.model) == (None, "policy")
+
+
+def test_explain_lists_the_views_rate_limit_policy(admin_client):
+    response = explain(admin_client, path="/code/")
+    rows = response.context["rows"]
+    assert [(r.policy.name, r.policy.spec.source) for r in rows] == [
+        ("code-limited", "code")
+    ]
+    assert rows[0].usage.remaining == 2
+
+
+def test_explain_lists_a_class_based_views_policy(admin_client):
+    rows = explain(admin_client, path="/class/").context["rows"]
+    assert [r.policy.name for r in rows] == ["class-based"]
