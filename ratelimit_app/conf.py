@@ -44,6 +44,9 @@ DEFAULTS: dict[str, Any] = {
     "VIEW": None,
     # Seconds a process caches a user's group names (group exemptions, tiers).
     "GROUPS_CACHE_SECONDS": 30,
+    # Count usage (allowed, blocked, shadow-blocked, cost per policy and
+    # minute) inside the decision script, for the stats drained by Celery.
+    "COUNT_USAGE": True,
     # Seconds live usage counters (and batches a failed drain left behind) stay
     # in Redis after their last write: a Celery outage longer than this loses counts.
     "USAGE_TTL": 7 * 24 * 3600,

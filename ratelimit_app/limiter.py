@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
-from . import conf
+from . import conf, usage
 from .algorithms import REPLY_FIELDS, Script, script_for
 from .backends.redis import arun_script, get_async_client, get_client, run_script
 from .keys import ALGORITHM_CODES, identity_base, key_suffix, rule_key
@@ -46,6 +46,7 @@ def rule_spec(rule: Rule) -> RuleSpec:
         rule.capacity,
         rule.cost,
         shadow,
+        rule.scope,  # names the usage counters
     )
     return RuleSpec(
         argv,
@@ -89,6 +90,8 @@ class Limiter:
         self.prefix = prefix if prefix is not None else conf.key_prefix()
         self.secret = secret if secret is not None else conf.key_secret()
         self.shards = shards if shards is not None else conf.shard_count()
+        # Usage counters' TTL in ms; "" tells the script not to count.
+        self.usage_ttl = usage.ttl_seconds() * 1000 if conf.get("COUNT_USAGE") else ""
 
     @property
     def client(self):
@@ -110,7 +113,7 @@ class Limiter:
         """The script, KEYS and ARGV of one call; rules of one identity share
         a hash tag, so they sit in one Redis Cluster slot."""
         bases: dict[Identity, str] = {}
-        keys, args, algorithms = [], [mode, self._now()], set()
+        keys, args, algorithms = [], [mode, self._now(), self.usage_ttl], set()
         for spec, identity in items:
             base = bases.get(identity)
             if base is None:
@@ -123,16 +126,19 @@ class Limiter:
                 "Two rules in one call share scope, identity and algorithm; "
                 "give each rule its own scope."
             )
+        if self.usage_ttl:  # the first rule's shard counts the call's usage
+            keys.append(usage.live_key_of(keys[0]))
         return script_for(frozenset(algorithms)), keys, args
 
     def keys_for(self, rules: Sequence[Rule]) -> list[str]:
         """One state key per rule."""
-        return self.pack(_items(rules), "hit")[1]
+        return self.pack(_items(rules), "hit")[1][: len(rules)]
 
     def _prepare_one(self, scope, identity, rate, algorithm, cost, burst, mode):
         spec = spec_of(scope, rate, algorithm, cost, burst)
         key = self._base(check_identity(identity)) + spec.suffix
-        return spec, [key], [mode, self._now(), *spec.argv]
+        keys = [key, usage.live_key_of(key)] if self.usage_ttl else [key]
+        return spec, keys, [mode, self._now(), self.usage_ttl, *spec.argv]
 
     def reset_keys(self, scope: str, identity: Identity) -> list[str]:
         base = self._base(check_identity(identity))

@@ -40,12 +40,18 @@ _COUNT_RE = re.compile(rb"\d{1,19}")
 _MAX_COUNT = 2**63 - 1
 
 
-# Settings the usage pipeline reads, with their defaults (seconds; None for a
-# retention means "keep forever"). They belong in conf.DEFAULTS; until they are
-# there, ``setting`` falls back to these values.
 def setting(name: str) -> Any:
     """A usage setting (defaults and comments live in ``conf.DEFAULTS``)."""
     return conf.get(name)
+
+
+def live_key_of(limiter_key: str) -> str:
+    """The live hash of the shard a limiter key belongs to (same hash tag).
+
+    Limiter keys read ``<prefix>{s<N>}:...``, so this equals
+    ``live_key(prefix, N)``.
+    """
+    return limiter_key[: limiter_key.index("}") + 1] + ":usage"
 
 
 def ttl_seconds() -> int:
@@ -139,10 +145,10 @@ def queue_usage(
 
 
 def record_usage(client, *args, **kwargs) -> None:
-    """Count usage as the decision script will: ``HINCRBY`` and the TTL, one trip.
+    """Count usage as the decision script does: ``HINCRBY`` and the TTL, one trip.
 
-    Takes ``queue_usage``'s arguments. Tests and the benchmark use it until the
-    engine's Lua does the counting.
+    Takes ``queue_usage``'s arguments. Tests and ``bench/usage.py`` use it to
+    make many counts quickly without running decisions.
     """
     pipe = client.pipeline(transaction=False)
     queue_usage(pipe, *args, **kwargs)

@@ -10,6 +10,7 @@ import redis.asyncio
 from django.test import override_settings
 
 from ratelimit_app import limiter as limiter_module
+from ratelimit_app import usage
 from ratelimit_app.testing import RedisServer
 from ratelimit_app.types import ALGORITHMS, Rule
 
@@ -138,17 +139,59 @@ def test_every_key_has_a_ttl_within_the_algorithms_bound(
     for identity in ("a", "b", b"\xff", 7):
         for cost in (1, 4):
             limiter.hit("ttl", identity, RATE, algorithm=algorithm, cost=cost)
-    keys = list(redis_client.scan_iter(match=f"{key_prefix}*"))
-    assert len(keys) == 4
-    for key in keys:
+    keys = [k.decode() for k in redis_client.scan_iter(match=f"{key_prefix}*")]
+    usage_keys = [k for k in keys if k.endswith(":usage")]
+    state_keys = [k for k in keys if not k.endswith(":usage")]
+    assert len(state_keys) == 4 and usage_keys
+    for key in state_keys:
         assert 0 < redis_client.pttl(key) <= TTL_BOUND_MS[algorithm]
+    for key in usage_keys:  # usage counters live until the drain (USAGE_TTL)
+        assert 0 < redis_client.pttl(key) <= 7 * 24 * 3600 * 1000
 
 
-def test_denials_and_peeks_write_nothing(limiter, redis_client, key_prefix):
+def test_peeks_write_nothing_and_denials_only_count_usage(
+    limiter, redis_client, key_prefix
+):
     for algorithm in ALGORITHMS:
         limiter.peek("quiet", "client", RATE, algorithm=algorithm)
         limiter.hit("quiet", "client", RATE, algorithm=algorithm, cost=99)
-    assert list(redis_client.scan_iter(match=f"{key_prefix}*")) == []
+    keys = [k.decode() for k in redis_client.scan_iter(match=f"{key_prefix}*")]
+    (usage_key,) = keys
+    assert usage_key.endswith(":usage")
+    counts = {
+        k.decode().split("|", 1)[1]: int(v)
+        for k, v in redis_client.hgetall(usage_key).items()
+    }
+    assert counts == {"quiet|b": len(ALGORITHMS)}
+
+
+def test_usage_counting_can_be_turned_off(
+    make_limiter, redis_client, key_prefix, settings
+):
+    settings.RATELIMIT = {**settings.RATELIMIT, "COUNT_USAGE": False}
+    make_limiter().hit("uncounted", "client", RATE)
+    keys = [k.decode() for k in redis_client.scan_iter(match=f"{key_prefix}*")]
+    assert len(keys) == 1 and not keys[0].endswith(":usage")
+
+
+def test_the_script_counts_usage_per_policy_and_minute(limiter, redis_client, clock):
+    rules = [
+        Rule("enforced", "client", "2/m", "fixed_window", cost=1),
+        Rule("watched", "client", "1/m", "fixed_window", shadow=True),
+    ]
+    for _ in range(3):
+        limiter.hit_many(rules)
+    (usage_key,) = {usage.live_key_of(k) for k in limiter.keys_for(rules)}
+    minute = clock() // 60000
+    counts = {k.decode(): int(v) for k, v in redis_client.hgetall(usage_key).items()}
+    assert counts == {
+        f"{minute}|enforced|a": 2,
+        f"{minute}|enforced|c": 2,
+        f"{minute}|enforced|b": 1,
+        f"{minute}|watched|a": 1,  # the shadow rule consumed with the first
+        f"{minute}|watched|c": 1,
+        f"{minute}|watched|s": 2,  # it would have blocked the 2nd and the 3rd
+    }
 
 
 def test_recovers_after_script_flush(limiter, redis_client):

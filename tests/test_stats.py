@@ -539,3 +539,28 @@ def test_ceil_time_rounds_up_to_the_unit():
     moment = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
     assert stats.ceil_time(moment, hour) == moment
     assert stats.ceil_time(moment + timedelta(seconds=1), hour) == moment + hour
+
+
+@pytest.mark.django_db
+def test_requests_counted_by_the_decision_script_reach_the_database(client):
+    """End to end: middleware decisions → live counters → drain → totals."""
+    from ratelimit_app.aggregation import drain_usage as drain
+    from ratelimit_app.stats import totals
+    from tests.policy_helpers import policies as with_policies
+
+    with with_policies(
+        {"name": "e2e", "rate": "3/m", "path": "/plain/", "cost": 2, "burst": 6},
+        {"name": "e2e-shadow", "rate": "1/m", "path": "/plain/", "mode": "shadow"},
+    ):
+        codes = [client.get("/plain/").status_code for _ in range(5)]
+        drain()
+    assert codes == [200, 200, 200, 429, 429]
+    assert totals("e2e") == {"allowed": 3, "blocked": 2, "shadow_blocked": 0, "cost": 6}
+    # The shadow policy consumed with the first request, would have blocked
+    # the next two allowed ones and the two blocked ones.
+    assert totals("e2e-shadow") == {
+        "allowed": 1,
+        "blocked": 0,
+        "shadow_blocked": 4,
+        "cost": 1,
+    }

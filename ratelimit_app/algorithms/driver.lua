@@ -1,25 +1,31 @@
 -- driver: evaluates many rules in one call, all-or-nothing; concatenated last.
--- KEYS: one state key per rule (distinct keys).
+-- KEYS: one state key per rule (distinct keys), then, when usage is counted,
+--   the live usage hash of the first rule's shard (see ratelimit_app/usage.py).
 -- ARGV: mode ("hit" or "peek"), now_ms ("" = Redis TIME; a test clock passes
---   milliseconds), then 6 fields per rule: algorithm, limit, period_ms,
---   capacity, cost, shadow ("1" or "0").
+--   milliseconds), usage TTL ms ("" = do not count), then 7 fields per rule:
+--   algorithm, limit, period_ms, capacity, cost, shadow ("1" or "0"), scope.
 -- Returns: {allowed (1/0), then 4 integers per rule: status, remaining,
 --   reset_after_ms, retry_after_ms (-1 = never)}
 --   status: 0 consumed, 1 denied, 2 had room but not consumed (another
 --   rule blocked, or peek), 3 cost exceeds capacity.
 -- A rule that denies blocks the whole call unless it is a shadow rule; when
 -- the call is blocked, nothing is consumed, shadow rules included.
+-- Usage (hit mode only): per rule and minute, "a" counts a consumed request,
+-- "c" its cost, "b" a denial by this enforcing rule, "s" a shadow rule's
+-- would-be denial; a rule that had room in a blocked call counts nothing.
 local now = tonumber(ARGV[2])
 if not now then
   local time = redis.call('TIME')
   now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
+local FIELDS = 7
+local rules = (#ARGV - 3) / FIELDS
 
 -- Pass 1: every rule's verdict, nothing written. Flat: 6 slots per rule.
 local verdicts = {}
 local blocked = false
-for i = 1, #KEYS do
-  local base = 2 + (i - 1) * 6
+for i = 1, rules do
+  local base = 3 + (i - 1) * FIELDS
   local algorithm = ALGORITHMS[ARGV[base + 1]]
   if not algorithm then
     return redis.error_reply('ratelimit: unknown algorithm ' .. tostring(ARGV[base + 1]))
@@ -39,11 +45,22 @@ for i = 1, #KEYS do
   verdicts[v + 4], verdicts[v + 5], verdicts[v + 6] = reset_now or false, reset_next, state
 end
 
+-- Usage counters: HINCRBY, and the hash's TTL whenever a field is new.
+local usage_ttl = ARGV[1] == 'hit' and tonumber(ARGV[3])
+local usage_key = KEYS[rules + 1]
+local minute = int(math.floor(now / 60000))
+local function count(scope, metric, amount)
+  local field = minute .. '|' .. scope .. '|' .. metric
+  if redis.call('HINCRBY', usage_key, field, amount) == amount then
+    redis.call('PEXPIRE', usage_key, usage_ttl)
+  end
+end
+
 -- Pass 2: consume from every rule that had room, only if nothing blocked.
 local consume = ARGV[1] == 'hit' and not blocked
 local reply = {blocked and 0 or 1}
-for i = 1, #KEYS do
-  local base, v = 2 + (i - 1) * 6, (i - 1) * 6
+for i = 1, rules do
+  local base, v = 3 + (i - 1) * FIELDS, (i - 1) * 6
   local status, remaining, retry = verdicts[v + 1], verdicts[v + 2], verdicts[v + 3]
   local reset = verdicts[v + 4]
   if status == 0 and consume then
@@ -55,10 +72,17 @@ for i = 1, #KEYS do
       redis.call('SET', KEYS[i], verdicts[v + 6], 'PX', verdicts[v + 5])
     end
     remaining, reset = remaining - cost, verdicts[v + 5]
+    if usage_ttl then
+      count(ARGV[base + 7], 'a', 1)
+      count(ARGV[base + 7], 'c', cost)
+    end
   else
     if status == 0 then status = 2 end
     if not reset then
       reset = RESETS[ARGV[base + 1]](KEYS[i], now, tonumber(ARGV[base + 3]))
+    end
+    if usage_ttl and (status == 1 or status == 3) then
+      count(ARGV[base + 7], ARGV[base + 6] == '1' and 's' or 'b', 1)
     end
   end
   reply[#reply + 1] = status
