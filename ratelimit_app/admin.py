@@ -18,7 +18,11 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from redis.exceptions import RedisError
 
-from . import actions, limiter
+from . import (
+    actions,
+    limiter,
+    stats_admin,  # noqa: F401  (registers the usage tables)
+)
 from .enforcement import (
     USER_KEYS,
     build_rules,

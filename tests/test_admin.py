@@ -635,3 +635,25 @@ def test_explain_lists_the_views_rate_limit_policy(admin_client):
 def test_explain_lists_a_class_based_views_policy(admin_client):
     rows = explain(admin_client, path="/class/").context["rows"]
     assert [r.policy.name for r in rows] == ["class-based"]
+
+
+@pytest.mark.parametrize("model", ["usageminute", "usagehour", "usageday"])
+def test_usage_tables_are_listed_read_only(admin_client, model):
+    from datetime import UTC, datetime
+
+    from ratelimit_app.models import UsageDay, UsageHour, UsageMinute
+
+    models = {"usageminute": UsageMinute, "usagehour": UsageHour, "usageday": UsageDay}
+    usage_model = models[model]
+    usage_model.objects.create(
+        policy="listed",
+        **{usage_model.period: datetime(2026, 11, 23, tzinfo=UTC)},
+        allowed=7,
+        blocked=3,
+    )
+    listing = admin_client.get(reverse(f"admin:ratelimit_app_{model}_changelist"))
+    assert listing.status_code == 200
+    assert b"listed" in listing.content
+    assert (
+        admin_client.get(reverse(f"admin:ratelimit_app_{model}_add")).status_code == 403
+    )
