@@ -11,7 +11,7 @@ from django.http import HttpRequest
 
 from .enforcement import acheck, check, pending, record
 from .headers import apply_headers, blocked_response
-from .policies import CompiledPolicy, PolicySpec, compile_spec
+from .policies import CompiledPolicy, PolicySpec
 from .snapshot import aget_policies, get_policies, register_code_policy
 
 
@@ -58,7 +58,7 @@ def rate_limit(
                 methods=",".join(methods or ()),
                 source="code",
             )
-            register_checked(spec, view)
+            register_code_policy(spec, f"@rate_limit on {view.__qualname__}")
         limiter = _Guard(
             policy_name, block, cost if callable(cost) else None, count_when
         )
@@ -79,17 +79,6 @@ def rate_limit(
         return wrapper
 
     return decorator
-
-
-def register_checked(spec: PolicySpec, view) -> None:
-    """Register a code default; a mistake fails at import, naming the view."""
-    try:
-        compile_spec(spec)
-    except (TypeError, ValueError) as exc:
-        raise ImproperlyConfigured(
-            f"@rate_limit on {view.__qualname__}: {exc}"
-        ) from exc
-    register_code_policy(spec)
 
 
 def _request_of(args) -> HttpRequest:

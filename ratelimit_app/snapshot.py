@@ -14,12 +14,13 @@ import threading
 import time
 
 from asgiref.sync import sync_to_async
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from . import conf
 from .backends.redis import get_async_client, get_client
-from .policies import CompiledPolicy, PolicySpec, compile_all
+from .policies import CompiledPolicy, PolicySpec, compile_all, compile_spec
 
 logger = logging.getLogger("ratelimit_app")
 
@@ -33,8 +34,13 @@ def snapshot_keys() -> tuple[str, str]:
     return f"{base}:version", f"{base}:data"
 
 
-def register_code_policy(spec: PolicySpec) -> None:
-    """A code default (from @rate_limit); settings and the admin override it."""
+def register_code_policy(spec: PolicySpec, origin: str) -> None:
+    """A code default (@rate_limit, a DRF throttle); settings and the admin
+    override it. A mistake fails at import, prefixed with ``origin``."""
+    try:
+        compile_spec(spec)
+    except (TypeError, ValueError) as exc:
+        raise ImproperlyConfigured(f"{origin}: {exc}") from exc
     _code_specs[spec.name] = spec
     store.recompile()
 

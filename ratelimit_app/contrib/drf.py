@@ -9,7 +9,7 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
 from ..enforcement import Outcome, check, pending, record
-from ..policies import PolicySpec, compile_spec
+from ..policies import PolicySpec
 from ..snapshot import policy_by_name, register_code_policy
 
 # name -> the declaration registered under it, so each is registered once.
@@ -124,12 +124,6 @@ def declare(spec: PolicySpec) -> PolicySpec:
     """Register a declared rate as a code default, once per change; validate it."""
     declaration = (spec.rate, spec.key, spec.algorithm, spec.burst)
     if _declared.get(spec.name) != declaration:
-        try:
-            compile_spec(spec)
-        except (ValueError, TypeError) as exc:
-            raise ImproperlyConfigured(
-                f"Throttle policy {spec.name!r} is invalid: {exc}"
-            ) from exc
-        register_code_policy(spec)
+        register_code_policy(spec, f"Throttle policy {spec.name!r} is invalid")
         _declared[spec.name] = declaration
     return spec
