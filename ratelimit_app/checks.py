@@ -194,6 +194,15 @@ def _is_number(value: object) -> bool:
     )
 
 
+def _report(kind: type, constant: str, /, **values: Any) -> CheckMessage:
+    """The check message named ``constant``: its text, hint and id constants."""
+    return kind(
+        getattr(Messages, constant).format(**values),
+        hint=getattr(Hints, constant),
+        id=getattr(Codes, constant),
+    )
+
+
 def _invalid(name: str, value: Any, advice: str) -> Error:
     return _invalid_setting(
         Messages.INVALID_SETTING.format(name=name, value=value, advice=advice)
@@ -211,13 +220,7 @@ def check_settings(app_configs=None, **kwargs) -> list[CheckMessage]:
     """E001-E003 and E006-E009: the shape and values of RATELIMIT."""
     user = getattr(settings, "RATELIMIT", None) or {}
     if not isinstance(user, dict):
-        return [
-            Error(
-                Messages.SETTINGS_NOT_DICT.format(type=type(user).__name__),
-                hint=Hints.SETTINGS_NOT_DICT,
-                id=Codes.SETTINGS_NOT_DICT,
-            )
-        ]
+        return [_report(Error, "SETTINGS_NOT_DICT", type=type(user).__name__)]
     errors: list[CheckMessage] = []
     unknown = sorted(set(user) - set(conf.DEFAULTS))
     if unknown:
@@ -295,22 +298,12 @@ def _view_errors(path: Any) -> list[CheckMessage]:
         except ImportError as exc:
             return [_view_not_importable(path, str(exc))]
     if not _accepts_two_arguments(view):
-        return [
-            Error(
-                Messages.VIEW_NOT_CALLABLE.format(value=path),
-                hint=Hints.VIEW_NOT_CALLABLE,
-                id=Codes.VIEW_NOT_CALLABLE,
-            )
-        ]
+        return [_report(Error, "VIEW_NOT_CALLABLE", value=path)]
     return []
 
 
 def _view_not_importable(value: Any, problem: str) -> Error:
-    return Error(
-        Messages.VIEW_NOT_IMPORTABLE.format(value=value, problem=problem),
-        hint=Hints.VIEW_NOT_IMPORTABLE,
-        id=Codes.VIEW_NOT_IMPORTABLE,
-    )
+    return _report(Error, "VIEW_NOT_IMPORTABLE", value=value, problem=problem)
 
 
 def _accepts_two_arguments(view: Any) -> bool:
@@ -328,25 +321,13 @@ def _accepts_two_arguments(view: Any) -> bool:
 def _exempt_paths_errors(paths: Any) -> list[CheckMessage]:
     if isinstance(paths, list | tuple) and all(isinstance(p, str) for p in paths):
         return []
-    return [
-        Error(
-            Messages.INVALID_EXEMPT_PATHS.format(value=paths),
-            hint=Hints.INVALID_EXEMPT_PATHS,
-            id=Codes.INVALID_EXEMPT_PATHS,
-        )
-    ]
+    return [_report(Error, "INVALID_EXEMPT_PATHS", value=paths)]
 
 
 def _refresh_interval_errors(interval: Any) -> list[CheckMessage]:
     if _is_number(interval) and interval > 0:
         return []
-    return [
-        Error(
-            Messages.INVALID_REFRESH_INTERVAL.format(value=interval),
-            hint=Hints.INVALID_REFRESH_INTERVAL,
-            id=Codes.INVALID_REFRESH_INTERVAL,
-        )
-    ]
+    return [_report(Error, "INVALID_REFRESH_INTERVAL", value=interval)]
 
 
 # -- Redis ---------------------------------------------------------------------
@@ -362,13 +343,7 @@ def check_redis(app_configs=None, **kwargs) -> list[CheckMessage]:
     cache = caches.get(alias) if isinstance(alias, str) else None
     if isinstance(cache, dict) and "django_redis" in str(cache.get("BACKEND", "")):
         return []
-    return [
-        Error(
-            Messages.NO_REDIS.format(alias=alias),
-            hint=Hints.NO_REDIS,
-            id=Codes.NO_REDIS,
-        )
-    ]
+    return [_report(Error, "NO_REDIS", alias=alias)]
 
 
 # -- policies ----------------------------------------------------------------------
@@ -387,23 +362,17 @@ def check_policies(app_configs=None, **kwargs) -> list[CheckMessage]:
     for index, entry, result in settings_policies():
         if isinstance(result, str):
             messages.append(
-                Error(
-                    Messages.INVALID_POLICY.format(
-                        index=index, name=_label(entry), problem=result
-                    ),
-                    hint=Hints.INVALID_POLICY,
-                    id=Codes.INVALID_POLICY,
+                _report(
+                    Error,
+                    "INVALID_POLICY",
+                    index=index,
+                    name=_label(entry),
+                    problem=result,
                 )
             )
             continue
         if result.name in seen:
-            messages.append(
-                Warning(
-                    Messages.DUPLICATE_POLICY.format(name=result.name),
-                    hint=Hints.DUPLICATE_POLICY,
-                    id=Codes.DUPLICATE_POLICY,
-                )
-            )
+            messages.append(_report(Warning, "DUPLICATE_POLICY", name=result.name))
         seen.add(result.name)
     return messages
 
@@ -497,13 +466,7 @@ def check_middleware(app_configs=None, **kwargs) -> list[CheckMessage]:
     middleware = list(getattr(settings, "MIDDLEWARE", None) or ())
     position = middleware_position(middleware, MIDDLEWARE_PATH)
     if position is None:
-        return [
-            Warning(
-                Messages.MIDDLEWARE_MISSING.format(names=_names(routed)),
-                hint=Hints.MIDDLEWARE_MISSING,
-                id=Codes.MIDDLEWARE_MISSING,
-            )
-        ]
+        return [_report(Warning, "MIDDLEWARE_MISSING", names=_names(routed))]
     warnings: list[CheckMessage] = []
     for dependency in DEPENDENCIES:
         readers = [p for p in routed if dependency.needed_by(p)]
