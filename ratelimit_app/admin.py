@@ -1,4 +1,4 @@
-"""The admin: policies with their exemptions and tiers, bulk actions, an explain page."""
+"""The admin: policies with exemptions and tiers, bulk actions, explain and usage pages."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from redis.exceptions import RedisError
 
 from . import (
     actions,
+    charts,
+    dashboard,
     limiter,
     stats_admin,  # noqa: F401  (registers the usage tables)
 )
@@ -167,18 +169,60 @@ class PolicyAdmin(admin.ModelAdmin):
         message = ngettext("%d counter deleted.", "%d counters deleted.", count)
         self.message_user(request, message % count)
 
-    # -- the explain page --------------------------------------------------------
+    # -- extra pages: explain a request, the usage dashboard ---------------------
 
     def get_urls(self):
-        name = f"{self.opts.app_label}_{self.opts.model_name}_explain"
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
         explain = self.admin_site.admin_view(self.explain_view)
-        return [path("explain/", explain, name=name), *super().get_urls()]
+        usage_view = self.admin_site.admin_view(self.dashboard_view)
+        return [
+            path("explain/", explain, name=f"{prefix}_explain"),
+            path("dashboard/", usage_view, name=f"{prefix}_dashboard"),
+            *super().get_urls(),
+        ]
 
     @property
     def explain_url(self) -> str:
         opts = self.opts
         return reverse(
             f"{self.admin_site.name}:{opts.app_label}_{opts.model_name}_explain"
+        )
+
+    def changelist_view(self, request, extra_context=None):
+        extra = {"can_view_usage": can_view_usage(request.user)}
+        return super().changelist_view(request, {**extra, **(extra_context or {})})
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra = {"can_view_usage": can_view_usage(request.user)}
+        return super().change_view(
+            request, object_id, form_url, {**extra, **(extra_context or {})}
+        )
+
+    def dashboard_view(self, request):
+        """GET: usage charts of one policy (``?policy=name``) or of all."""
+        if not can_view_usage(request.user):
+            raise PermissionDenied
+        now = dashboard.clock()
+        names = dashboard.policy_names(now)
+        chosen = request.GET.get("policy", "")
+        # Only a listed name reaches a query: anything else shows all policies.
+        unknown = chosen not in ("", *names)
+        policy = chosen if chosen and not unknown else None
+        row = Policy.objects.filter(name=policy).first() if policy else None
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": _("Usage dashboard"),
+            "policy_names": names,
+            "policy": policy,
+            "policy_row": row,
+            "unknown_policy": Truncator(chosen).chars(100) if unknown else "",
+            "charts": dashboard.build_charts(policy, now),
+            "legend": charts.legend(),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(
+            request, "admin/ratelimit_app/policy/dashboard.html", context
         )
 
     def explain_view(self, request):
@@ -224,6 +268,16 @@ class PolicyAdmin(admin.ModelAdmin):
             message = gettext("Reset the counters of %(client)s for policy %(name)s.")
             self.message_user(request, message % {"client": label, "name": policy.name})
         return HttpResponseRedirect(f"{self.explain_url}?{form.query()}")
+
+
+# The dashboard shows what the usage tables hold: it needs their view permission.
+USAGE_PERMISSIONS = tuple(
+    f"ratelimit_app.view_{name}" for name in ("usageminute", "usagehour", "usageday")
+)
+
+
+def can_view_usage(user) -> bool:
+    return user.has_perms(USAGE_PERMISSIONS)
 
 
 def redis_failed(exc: Exception) -> str:

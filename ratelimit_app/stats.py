@@ -1,17 +1,21 @@
-"""Reading the usage statistics from the database: totals per policy and range."""
+"""Reading the usage statistics from the database: totals and series per policy."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from django.db.models import Sum
+from django.db.models import QuerySet, Sum
+from django.db.models.functions import Trunc
 from django.utils import timezone
 
 from . import usage
-from .aggregation import retention
+from .aggregation import PERIOD_LENGTHS, retention
 from .models import UsageDay, UsageHour, UsageMinute
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SUMS = {f"sum_{name}": Sum(name) for name in usage.COUNTS}
 
 
 def totals(
@@ -29,23 +33,82 @@ def totals(
     retention from the day rows, so there a range counts whole hours or days.
     Only drained counts are included (the drain runs every minute).
     """
-    now = now if now is not None else timezone.now()
     result = dict.fromkeys(usage.COUNTS, 0)
+    for rows in _rows(policy, since, until, now):
+        sums = rows.aggregate(**_SUMS)
+        for name in usage.COUNTS:
+            result[name] += sums[f"sum_{name}"] or 0
+    return result
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """The counts of one bucket of a series: ``counts`` has ``usage.COUNTS``."""
+
+    start: datetime
+    counts: dict[str, int]
+
+
+def series(
+    policy: str | None,
+    period: str,
+    since: datetime,
+    until: datetime,
+    *,
+    now: datetime | None = None,
+) -> list[Bucket]:
+    """``totals`` per ``period`` ("minute", "hour" or "day", UTC) in
+    ``[since, until)``, oldest first; ``policy`` None sums every policy.
+
+    Reads the same rows as ``totals``, so with ``since`` and ``until`` on
+    period boundaries the buckets add up to ``totals(policy, since, until)``.
+    A bucket without rows is zero; a row coarser than the bucket (an hour
+    row past the minute retention) counts in the bucket of its start.
+    """
+    unit = PERIOD_LENGTHS[period]
+    sums = defaultdict(lambda: dict.fromkeys(usage.COUNTS, 0))
+    for rows in _rows(policy, since, until, now):
+        per_bucket = (
+            rows.annotate(bucket=Trunc(rows.model.period, period, tzinfo=UTC))
+            .values("bucket")
+            .order_by()
+            .annotate(**_SUMS)
+        )
+        for row in per_bucket:
+            counts = sums[as_utc(row["bucket"])]
+            for name in usage.COUNTS:
+                counts[name] += row[f"sum_{name}"] or 0
+    start, end = floor_time(as_utc(since), unit), as_utc(until)
+    starts = [start + i * unit for i in range(-(-(end - start) // unit))]
+    return [Bucket(_local(s, since), dict(sums[s])) for s in starts]
+
+
+def _rows(policy, since, until, now) -> list[QuerySet]:
+    """The rows of ``policy`` (None: all) in ``[since, until)``, one queryset
+    per table, each table read only for the time ``_sources`` gives it."""
+    now = now if now is not None else timezone.now()
+    querysets = []
     for model, start, end in _sources(now):
         start, end = _bound(max, start, since), _bound(min, end, until)
         if start is not None and end is not None and start >= end:
             continue
-        window = {"policy": policy}
+        window = {} if policy is None else {"policy": policy}
         if start is not None:
             window[f"{model.period}__gte"] = start
         if end is not None:
             window[f"{model.period}__lt"] = end
-        sums = model.objects.filter(**window).aggregate(
-            **{f"sum_{name}": Sum(name) for name in usage.COUNTS}
-        )
-        for name in usage.COUNTS:
-            result[name] += sums[f"sum_{name}"] or 0
-    return result
+        querysets.append(model.objects.filter(**window))
+    return querysets
+
+
+def as_utc(moment: datetime) -> datetime:
+    """An aware UTC datetime (naive ones, with USE_TZ off, are UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _local(moment: datetime, like: datetime) -> datetime:
+    """``moment`` naive when ``like`` is, as the caller gave its bounds."""
+    return moment.replace(tzinfo=None) if like.tzinfo is None else moment
 
 
 def _sources(now: datetime) -> list[tuple[type, datetime | None, datetime | None]]:
@@ -67,6 +130,12 @@ def _sources(now: datetime) -> list[tuple[type, datetime | None, datetime | None
 def _bound(pick, a: datetime | None, b: datetime | None) -> datetime | None:
     """``pick(a, b)`` where None stands for no bound."""
     return b if a is None else a if b is None else pick(a, b)
+
+
+def floor_time(moment: datetime, unit: timedelta) -> datetime:
+    """The last multiple of ``unit`` since the epoch at or before ``moment``."""
+    epoch = _EPOCH if moment.tzinfo else _EPOCH.replace(tzinfo=None)  # USE_TZ
+    return epoch + (moment - epoch) // unit * unit
 
 
 def ceil_time(moment: datetime, unit: timedelta) -> datetime:
