@@ -100,7 +100,7 @@ def by_period(expected: Expected, period: timedelta) -> Expected:
 
 def rows_of(model) -> Expected:
     """A usage table as (policy, minute) -> counts, for comparing."""
-    from ratelimit_app.aggregation import minute_of
+    from ratelimit_app.usage import minute_of
 
     field = model.period
     return {

@@ -27,10 +27,9 @@ import os
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
@@ -39,9 +38,9 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 from redis.exceptions import NoScriptError, ResponseError
 
-from . import conf, usage
+from . import conf, distinct, offenders, usage
 from .backends.redis import get_client
-from .models import DrainBatch, UsageDay, UsageHour, UsageMinute
+from .models import DrainBatch, UsageDay, UsageHour, UsageMinute, UsageOffender
 
 logger = logging.getLogger("ratelimit_app")
 
@@ -66,20 +65,27 @@ DRAIN_BATCH_GRACE = timedelta(days=1)
 drain_hook: Callable[[list[str]], None] | None = None
 DRAIN_HOOK_ENV = "RATELIMIT_DRAIN_HOOK"
 
-# KEYS[1] live hash, KEYS[2] batch key (new), KEYS[3] the shard's batches set
+# KEYS[1] live hash, KEYS[2] batch key (new), KEYS[3] the shard's batches
+# set, KEYS[4] live offenders set, KEYS[5] batch offenders key (new)
 # ARGV[1] batch id, ARGV[2] TTL in milliseconds for the batch and the set
-# Returns 1 when the live hash became the batch, 0 when there was none.
+# Returns 1 when the live keys became the batch, 0 when there were none.
 START_BATCH_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
+local started = 0
+for _, pair in ipairs({{1, 2}, {4, 5}}) do
+  local live, batch = KEYS[pair[1]], KEYS[pair[2]]
+  if redis.call('EXISTS', live) == 1 then
+    if redis.call('RENAMENX', live, batch) == 0 then
+      return redis.error_reply('ERR usage batch key already exists')
+    end
+    redis.call('PEXPIRE', batch, ARGV[2])
+    started = 1
+  end
 end
-if redis.call('RENAMENX', KEYS[1], KEYS[2]) == 0 then
-  return redis.error_reply('ERR usage batch key already exists')
+if started == 1 then
+  redis.call('SADD', KEYS[3], ARGV[1])
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[1])
-redis.call('PEXPIRE', KEYS[3], ARGV[2])
-return 1
+return started
 """
 
 _INDEX = {name: i for i, name in enumerate(usage.COUNTS)}
@@ -90,6 +96,19 @@ Counts = dict[tuple[str, int], list[int]]  # (policy, minute) -> in COUNTS order
 class Batch:
     shard: int
     batch_id: str
+
+
+@dataclass
+class BatchContents:
+    """What a set of batches holds, summed, ready for the database."""
+
+    counts: Counts = field(
+        default_factory=lambda: defaultdict(lambda: [0] * len(usage.COUNTS))
+    )
+    offences: offenders.Offences = field(default_factory=dict)
+    seen: distinct.Seen = field(default_factory=dict)
+    skipped: int = 0  # unreadable fields and members
+    expired: list[Batch] = field(default_factory=list)  # keys gone before reading
 
 
 @dataclass
@@ -163,6 +182,8 @@ def _rename_live(client, prefix: str, batches: list[Batch]) -> list:
             usage.live_key(prefix, batch.shard),
             usage.batch_key(prefix, batch.shard, batch.batch_id),
             usage.batches_key(prefix, batch.shard),
+            usage.top_key(prefix, batch.shard),
+            usage.batch_top_key(prefix, batch.shard, batch.batch_id),
         )
         pipe.evalsha(sha, len(keys), *keys, batch.batch_id, ttl_ms)
     return pipe.execute(raise_on_error=False)
@@ -173,13 +194,16 @@ def _finish(client, prefix: str, batches: list[Batch], report: DrainReport) -> N
     the keys of all of them."""
     if not batches:
         return
+    current_minute = _redis_minute(client)  # before reading the HyperLogLogs
     for attempt in range(1, RECORD_ATTEMPTS + 1):
         recorded = _recorded_ids(batches)
         pending = [b for b in batches if b.batch_id not in recorded]
-        counts, skipped, expired = _read_batches(client, prefix, pending)
+        contents = _read_batches(client, prefix, pending)
+        # Merging is idempotent, so it comes before the record, never lost.
+        clients, skipped = distinct.merge(client, prefix, contents.seen)
         try:
             if pending:
-                _record(pending, counts)
+                _record(pending, contents, clients)
             break
         except IntegrityError:
             # A concurrent drain recorded some of them first: read the rest again.
@@ -187,14 +211,20 @@ def _finish(client, prefix: str, batches: list[Batch], report: DrainReport) -> N
                 raise
     report.recorded += len(pending)
     report.cleaned += len(batches) - len(pending)
-    report.skipped += skipped
+    report.skipped += contents.skipped + skipped
     _forget(client, prefix, batches)
-    if expired:
+    distinct.forget(client, prefix, contents.seen, current_minute)
+    if contents.expired:
         logger.error(
             "usage batch(es) %s expired before they were recorded: their counts "
             "are lost (raise RATELIMIT['USAGE_TTL'] or keep the drain running)",
-            ", ".join(str(b) for b in expired),
+            ", ".join(str(b) for b in contents.expired),
         )
+
+
+def _redis_minute(client) -> int:
+    seconds, _ = client.time()
+    return seconds // 60
 
 
 def _recorded_ids(batches: list[Batch]) -> set[str]:
@@ -205,42 +235,51 @@ def _recorded_ids(batches: list[Batch]) -> set[str]:
     return recorded
 
 
-def _read_batches(
-    client, prefix: str, batches: list[Batch]
-) -> tuple[Counts, int, list[Batch]]:
-    """The summed counts of the batches, the number of unreadable fields, and
-    the batches whose key is gone (expired)."""
-    counts: Counts = defaultdict(lambda: [0] * len(usage.COUNTS))
-    skipped, expired = 0, []
+def _read_batches(client, prefix: str, batches: list[Batch]) -> BatchContents:
+    """The batches' counter hashes and offender sets, summed."""
+    contents = BatchContents()
     for chunk in _chunks(batches, BATCHES_PER_READ):
         pipe = client.pipeline(transaction=False)
         for batch in chunk:
             pipe.hgetall(usage.batch_key(prefix, batch.shard, batch.batch_id))
-        for batch, reply in zip(chunk, pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(reply, ResponseError):
-                logger.error("usage batch %s is not a hash (%s): dropped", batch, reply)
-                skipped += 1
-            elif isinstance(reply, Exception):
-                raise reply
-            elif not reply:
-                expired.append(batch)
-            else:
-                skipped += add_fields(counts, batch, reply)
-    return counts, skipped, expired
+            top = usage.batch_top_key(prefix, batch.shard, batch.batch_id)
+            pipe.zrange(top, 0, -1, withscores=True, score_cast_func=bytes)
+        replies = pipe.execute(raise_on_error=False)
+        for index, batch in enumerate(chunk):
+            fields, members = replies[2 * index], replies[2 * index + 1]
+            _add_batch(contents, batch, fields, members)
+    return contents
 
 
-def add_fields(counts: Counts, batch: Batch, fields: dict) -> int:
-    """Add a batch's fields to ``counts``; returns how many were unreadable
+def _add_batch(contents: BatchContents, batch: Batch, fields, members) -> None:
+    for reply, kind in ((fields, "hash"), (members, "sorted set")):
+        if isinstance(reply, ResponseError):
+            logger.error("usage batch %s: not a %s (%s): dropped", batch, kind, reply)
+            contents.skipped += 1
+        elif isinstance(reply, Exception):
+            raise reply
+    if not fields and not members:
+        contents.expired.append(batch)
+    if fields and not isinstance(fields, Exception):
+        contents.skipped += add_fields(contents, batch, fields)
+    if members and not isinstance(members, Exception):
+        contents.skipped += offenders.add_members(contents.offences, batch, members)
+
+
+def add_fields(contents: BatchContents, batch: Batch, fields: dict) -> int:
+    """Add a batch's fields to ``contents``; returns how many were unreadable
     (skipped and logged)."""
     bad = []
     for name, value in fields.items():
         try:
-            field = usage.parse_field(name)
+            parsed = usage.parse_field(name)
             amount = usage.parse_count(value)
         except ValueError as exc:
             bad.append(f"{name!r}={value!r} ({exc})")
             continue
-        counts[(field.scope, field.minute)][_INDEX[field.metric]] += amount
+        key = (parsed.scope, parsed.minute)
+        contents.counts[key][_INDEX[parsed.metric]] += amount
+        distinct.note(contents.seen, batch.shard, *key)
     if bad:
         logger.warning(
             "usage batch %s: skipped %d unreadable field(s), e.g. %s",
@@ -251,30 +290,23 @@ def add_fields(counts: Counts, batch: Batch, fields: dict) -> int:
     return len(bad)
 
 
-def _record(batches: list[Batch], counts: Counts) -> None:
-    """Batch ids and counts in one transaction; IntegrityError when another
-    drain recorded one of the batches first."""
+def _record(
+    batches: list[Batch],
+    contents: BatchContents,
+    clients: list[distinct.DistinctCount],
+) -> None:
+    """Batch ids, counts, distinct clients and offenders in one transaction;
+    IntegrityError when another drain recorded one of the batches first."""
     ids = sorted(b.batch_id for b in batches)  # one lock order for every drain
     with transaction.atomic():
         DrainBatch.objects.bulk_create(
             [DrainBatch(batch_id=batch_id) for batch_id in ids],
             batch_size=ROWS_PER_QUERY,
         )
-        _add_counts(counts)
+        _add_counts(contents.counts)
+        distinct.store(clients)
+        offenders.record(contents.offences)
         _run_drain_hook(ids)
-
-
-def minute_start(minute: int) -> datetime:
-    """The start of a counter minute, as the database stores it (UTC)."""
-    start = datetime.fromtimestamp(minute * 60, tz=UTC)
-    return start if settings.USE_TZ else start.replace(tzinfo=None)
-
-
-def minute_of(moment: datetime) -> int:
-    """The counter minute of a stored datetime (naive ones are UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp()) // 60
 
 
 def _add_counts(counts: Counts) -> None:
@@ -285,13 +317,13 @@ def _add_counts(counts: Counts) -> None:
     commit and then read the new values.
     """
     keys = sorted(counts)  # one lock order for every drain
-    missing = [UsageMinute(policy=p, minute=minute_start(m)) for p, m in keys]
+    missing = [UsageMinute(policy=p, minute=usage.minute_start(m)) for p, m in keys]
     UsageMinute.objects.bulk_create(
         missing, ignore_conflicts=True, batch_size=ROWS_PER_QUERY
     )
     rows = []
     for row in _locked_rows(counts):
-        key = (row.policy, minute_of(row.minute))
+        key = (row.policy, usage.minute_of(row.minute))
         values = {
             name: getattr(row, name) + amount
             for name, amount in zip(usage.COUNTS, counts[key], strict=True)
@@ -324,7 +356,7 @@ def _locked_rows(counts: Counts) -> list[UsageMinute]:
     """The minute rows of ``counts``, locked in (policy, minute) order."""
     minutes = defaultdict(list)
     for policy, minute in counts:
-        minutes[policy].append(minute_start(minute))
+        minutes[policy].append(usage.minute_start(minute))
     rows = []
     for policy in sorted(minutes):
         for chunk in _chunks(sorted(minutes[policy]), ROWS_PER_QUERY):
@@ -351,6 +383,7 @@ def _forget(client, prefix: str, batches: list[Batch]) -> None:
     pipe = client.pipeline(transaction=False)
     for batch in batches:
         pipe.delete(usage.batch_key(prefix, batch.shard, batch.batch_id))
+        pipe.delete(usage.batch_top_key(prefix, batch.shard, batch.batch_id))
         pipe.srem(usage.batches_key(prefix, batch.shard), batch.batch_id)
     pipe.execute()
     for chunk in _chunks([b.batch_id for b in batches], ROWS_PER_QUERY):
@@ -462,6 +495,9 @@ def prune_usage(now: datetime | None = None) -> dict[str, int]:
                 **{f"{model.period}__lt": now - period}, rolled_up=True
             )
             deleted[model.period] = old.delete()[0]
+    if keep.hour is not None:
+        old = UsageOffender.objects.filter(hour__lt=now - keep.hour)
+        deleted["offenders"] = old.delete()[0]
     if keep.day is not None:
         deleted["day"] = UsageDay.objects.filter(day__lt=now - keep.day).delete()[0]
     key_expired = now - timedelta(seconds=usage.ttl_seconds()) - DRAIN_BATCH_GRACE

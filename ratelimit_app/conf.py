@@ -44,6 +44,9 @@ DEFAULTS: dict[str, Any] = {
     "VIEW": None,
     # Seconds a process caches a user's group names (group exemptions, tiers).
     "GROUPS_CACHE_SECONDS": 30,
+    # Export Prometheus counters (decisions, fallbacks, Redis errors) when
+    # prometheus_client is installed; off: never import it, count nothing.
+    "METRICS": True,
     # Count usage (allowed, blocked, shadow-blocked, cost per policy and
     # minute) inside the decision script, for the stats drained by Celery.
     "COUNT_USAGE": True,
@@ -57,6 +60,11 @@ DEFAULTS: dict[str, Any] = {
     "USAGE_HOUR_RETENTION": 90 * 24 * 3600,
     # Seconds day rows are kept (None: forever).
     "USAGE_DAY_RETENTION": 730 * 24 * 3600,
+    # Identities with the most denials kept per shard between two drains
+    # (the live offenders set drops its lowest member beyond this).
+    "USAGE_OFFENDERS_PER_SHARD": 50,
+    # Offender rows kept per policy and hour in the database (the most denied).
+    "USAGE_OFFENDERS_KEPT": 100,
 }
 
 # Bumped when the key layout changes, so old and new releases can run side by

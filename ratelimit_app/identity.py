@@ -140,3 +140,52 @@ def _call_key(function: Callable, request: HttpRequest) -> str:
 def identify(key: str, request: HttpRequest) -> str:
     """The identity of the request's client for a key type."""
     return key_function(key)(request)
+
+
+# -- display labels (top offenders) ---------------------------------------------
+
+# Labels travel inside a Redis member name split on "|"; keep them short.
+MAX_LABEL_LENGTH = 64
+MISSING_LABEL = "(no key value)"
+
+
+@lru_cache(maxsize=8192)
+def display_label(identity: str | bytes | int) -> str:
+    """What the stats may show for an identity without exposing it.
+
+    A masked address (``203.0.113.x``; an IPv6 /64 shown as its /48), a
+    user id (``user 42``), or "" for anything else (header and parameter
+    values, sessions, custom keys may be secrets), which the dashboard shows
+    as the start of the keyed hash instead.
+    """
+    if not isinstance(identity, str):
+        return ""
+    kind, sep, value = identity.partition(":")
+    if sep and kind == "user":
+        return _clean_label(f"user {value}")
+    if sep and kind == "ip":
+        identity = value
+    if identity == MISSING:
+        return MISSING_LABEL
+    return _clean_label(masked_ip(identity))
+
+
+def masked_ip(text: str) -> str:
+    """``203.0.113.x`` for an IPv4 address, the /48 for IPv6, else ""."""
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return ""
+    if network.version == 4:
+        if network.prefixlen != 32:
+            return ""
+        head, _, _ = str(network.network_address).rpartition(".")
+        return f"{head}.x"
+    if network.prefixlen < 48:
+        return ""
+    return str(network.supernet(new_prefix=48))
+
+
+def _clean_label(label: str) -> str:
+    label = "".join(c if c.isprintable() and c != "|" else "?" for c in label)
+    return label[:MAX_LABEL_LENGTH]

@@ -9,6 +9,7 @@ from functools import cache, lru_cache
 from . import conf, usage
 from .algorithms import REPLY_FIELDS, Script, script_for
 from .backends.redis import arun_script, get_async_client, get_client, run_script
+from .identity import display_label
 from .keys import ALGORITHM_CODES, identity_base, key_suffix, rule_key
 from .rates import Rate
 from .types import Decision, Identity, Rule, check_identity
@@ -92,6 +93,7 @@ class Limiter:
         self.shards = shards if shards is not None else conf.shard_count()
         # Usage counters' TTL in ms; "" tells the script not to count.
         self.usage_ttl = usage.ttl_seconds() * 1000 if conf.get("COUNT_USAGE") else ""
+        self.offenders_kept = usage.offenders_per_shard()
 
     @property
     def client(self):
@@ -106,6 +108,14 @@ class Limiter:
     def _now(self) -> int | str:
         return "" if self.clock is None else int(self.clock())
 
+    def _header(self, mode: str) -> list:
+        """The ARGV before the rules (see driver.lua)."""
+        return [mode, self._now(), self.usage_ttl, self.offenders_kept]
+
+    def _label(self, identity: Identity) -> str:
+        """The identity as the offender stats may show it (when counting)."""
+        return display_label(identity) if self.usage_ttl else ""
+
     def _base(self, identity: Identity) -> str:
         return identity_base(self.prefix, self.shards, self.secret, identity)
 
@@ -113,13 +123,14 @@ class Limiter:
         """The script, KEYS and ARGV of one call; rules of one identity share
         a hash tag, so they sit in one Redis Cluster slot."""
         bases: dict[Identity, str] = {}
-        keys, args, algorithms = [], [mode, self._now(), self.usage_ttl], set()
+        keys, args, algorithms = [], self._header(mode), set()
         for spec, identity in items:
             base = bases.get(identity)
             if base is None:
                 base = bases[identity] = self._base(check_identity(identity))
             keys.append(base + spec.suffix)
             args += spec.argv
+            args.append(self._label(identity))
             algorithms.add(spec.argv[0])
         if len(set(keys)) != len(keys):
             raise ValueError(
@@ -138,7 +149,8 @@ class Limiter:
         spec = spec_of(scope, rate, algorithm, cost, burst)
         key = self._base(check_identity(identity)) + spec.suffix
         keys = [key, usage.live_key_of(key)] if self.usage_ttl else [key]
-        return spec, keys, [mode, self._now(), self.usage_ttl, *spec.argv]
+        label = self._label(identity)
+        return spec, keys, [*self._header(mode), *spec.argv, label]
 
     def reset_keys(self, scope: str, identity: Identity) -> list[str]:
         base = self._base(check_identity(identity))

@@ -302,6 +302,14 @@ class UsageCounts(models.Model):
     cost = models.BigIntegerField(
         _("cost"), default=0, help_text=_("Units of cost consumed.")
     )
+    distinct_clients = models.BigIntegerField(
+        _("distinct clients"),
+        default=0,
+        help_text=_(
+            "Different identities seen in the period (HyperLogLog estimate, "
+            "about 0.8% error). Not a sum: periods do not add up."
+        ),
+    )
 
     class Meta:
         abstract = True
@@ -377,6 +385,48 @@ class UsageDay(UsageCounts):
             )
         ]
         indexes = [models.Index(fields=["day"], name="ratelimit_usageday_time")]
+
+
+class UsageOffender(models.Model):
+    """Denials of one identity under one policy in one hour (top offenders).
+
+    Only the most denied identities are kept per policy and hour
+    (``USAGE_OFFENDERS_KEPT``), so this is a top list, not a full count.
+    """
+
+    period = "hour"
+    policy = models.CharField(_("policy"), max_length=255)
+    hour = models.DateTimeField(_("hour"))
+    identity = models.CharField(
+        _("identity hash"),
+        max_length=32,
+        help_text=_("The keyed hash of the client's identity, as in Redis keys."),
+    )
+    label = models.CharField(
+        _("client"),
+        max_length=64,
+        blank=True,
+        help_text=_("Safe to show: a masked IP or a user id; blank otherwise."),
+    )
+    blocked = models.BigIntegerField(_("denials"), default=0)
+
+    class Meta:
+        verbose_name = _("top offender")
+        verbose_name_plural = _("top offenders")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["policy", "hour", "identity"],
+                name="ratelimit_usageoffender_unique",
+            )
+        ]
+        indexes = [models.Index(fields=["hour"], name="ratelimit_offender_time")]
+
+    def __str__(self) -> str:
+        return f"{self.display_name} @ {self.policy} {self.hour:%Y-%m-%d %H:00}"
+
+    @property
+    def display_name(self) -> str:
+        return self.label or f"#{self.identity[:8]}"
 
 
 class DrainBatch(models.Model):

@@ -13,16 +13,28 @@ Cluster). Its fields are ``<minute>|<scope>|<metric>``:
 and their values are integers written with ``HINCRBY``. Every write also sets
 the hash's TTL (``USAGE_TTL``), so counters nobody drains expire.
 
-The drain renames a live hash to ``<prefix>{s<N>}:usage:batch:<id>`` and
-registers ``<id>`` in ``<prefix>{s<N>}:usage:batches``, all in the same slot.
+Beside it, in the same slot:
+
+* ``<prefix>{s<N>}:usage:hll:<minute>|<scope>``: a HyperLogLog of the identity
+  digests that made a decision under the scope in that minute (distinct
+  clients; they do not add up, so the drain merges them, see aggregation);
+* ``<prefix>{s<N>}:usage:top``: a sorted set of denials per
+  ``<minute>|<digest>|<label>|<scope>`` member (top offenders), capped at
+  ``USAGE_OFFENDERS_PER_SHARD`` members by dropping the lowest.
+
+The drain renames a live hash to ``<prefix>{s<N>}:usage:batch:<id>`` (and the
+offenders set to ``...:batch:<id>:top``) and registers ``<id>`` in
+``<prefix>{s<N>}:usage:batches``, all in the same slot.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from . import conf
@@ -35,6 +47,9 @@ COUNTS = tuple(METRICS.values())
 MAX_MINUTE = 4_223_371_679
 # Scopes are stored in a CharField of this length (UsageMinute.policy).
 MAX_SCOPE_LENGTH = 255
+# Identity digests (22 characters today) and labels, as UsageOffender stores them.
+MAX_IDENTITY_LENGTH = 32
+MAX_LABEL_LENGTH = 64
 
 _COUNT_RE = re.compile(rb"\d{1,19}")
 _MAX_COUNT = 2**63 - 1
@@ -65,6 +80,26 @@ def ttl_seconds() -> int:
     return ttl
 
 
+def offenders_per_shard() -> int:
+    """Members the live offenders set of a shard keeps between two drains."""
+    return _positive_setting("USAGE_OFFENDERS_PER_SHARD", 50)
+
+
+def offenders_kept() -> int:
+    """Offender rows the database keeps per policy and hour."""
+    return _positive_setting("USAGE_OFFENDERS_KEPT", 100)
+
+
+def _positive_setting(name: str, default: int) -> int:
+    value = setting(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 10**6:
+        raise ImproperlyConfigured(
+            f"RATELIMIT[{name!r}] = {value!r}: use a whole number from 1 to "
+            f"1000000 (default {default})."
+        )
+    return value
+
+
 def shard_tag(prefix: str, shard: int) -> str:
     return f"{prefix}{{s{shard}}}"
 
@@ -84,6 +119,21 @@ def batches_key(prefix: str, shard: int) -> str:
     return f"{shard_tag(prefix, shard)}:usage:batches"
 
 
+def hll_key(prefix: str, shard: int, minute: int, scope: str) -> str:
+    """A shard's distinct clients of one scope in one minute."""
+    return f"{live_key(prefix, shard)}:hll:{minute}|{scope}"
+
+
+def top_key(prefix: str, shard: int) -> str:
+    """A shard's live offenders set."""
+    return f"{live_key(prefix, shard)}:top"
+
+
+def batch_top_key(prefix: str, shard: int, batch_id: str) -> str:
+    """A live offenders set after the drain renamed it with its batch."""
+    return f"{batch_key(prefix, shard, batch_id)}:top"
+
+
 def encode_field(minute: int, scope: str, metric: str) -> str:
     if metric not in METRICS:
         raise ValueError(f"Unknown usage metric {metric!r}: use one of {METRICS}.")
@@ -95,6 +145,19 @@ class UsageField:
     minute: int
     scope: str
     metric: str  # the model field name, e.g. "allowed"
+
+
+def minute_start(minute: int) -> datetime:
+    """The start of a counter minute, as the database stores it (UTC)."""
+    start = datetime.fromtimestamp(minute * 60, tz=UTC)
+    return start if settings.USE_TZ else start.replace(tzinfo=None)
+
+
+def minute_of(moment: datetime) -> int:
+    """The counter minute of a stored datetime (naive ones are UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp()) // 60
 
 
 def parse_field(field: bytes | str) -> UsageField:
@@ -111,6 +174,40 @@ def parse_field(field: bytes | str) -> UsageField:
     if not scope or len(scope) > MAX_SCOPE_LENGTH or "\x00" in scope:
         raise ValueError(f"scope empty, NUL or over {MAX_SCOPE_LENGTH} characters")
     return UsageField(int(minute), scope, METRICS[metric])
+
+
+@dataclass(frozen=True, slots=True)
+class Offence:
+    minute: int
+    identity: str  # the keyed hash of the identity, as in the limiter keys
+    label: str  # safe to display; "" when nothing is
+    scope: str
+
+
+def parse_offence(member: bytes | str) -> Offence:
+    """An offenders set member; ``ValueError`` for anything unreadable."""
+    text = member.decode("utf-8") if isinstance(member, bytes) else member
+    parts = text.split("|", 3)
+    if len(parts) != 4:
+        raise ValueError(f"not <minute>|<identity>|<label>|<scope>: {text!r}")
+    minute, identity, label, scope = parts
+    if not minute.isascii() or not minute.isdigit() or int(minute) > MAX_MINUTE:
+        raise ValueError(f"bad minute: {text!r}")
+    if not identity or len(identity) > MAX_IDENTITY_LENGTH:
+        raise ValueError(f"bad identity: {text!r}")
+    if len(label) > MAX_LABEL_LENGTH:
+        raise ValueError(f"label over {MAX_LABEL_LENGTH} characters: {text!r}")
+    if not scope or len(scope) > MAX_SCOPE_LENGTH or "\x00" in scope:
+        raise ValueError(f"scope empty, NUL or over {MAX_SCOPE_LENGTH} characters")
+    return Offence(int(minute), identity, label, scope)
+
+
+def parse_score(value: float | bytes | str) -> int:
+    """A sorted-set score as a count; ``ValueError`` unless a whole number >= 1."""
+    number = float(value)
+    if not number.is_integer() or not 1 <= number <= 2**53:
+        raise ValueError(f"not a denial count: {value!r}")
+    return int(number)
 
 
 def parse_count(value: bytes | str) -> int:

@@ -140,8 +140,8 @@ def test_every_key_has_a_ttl_within_the_algorithms_bound(
         for cost in (1, 4):
             limiter.hit("ttl", identity, RATE, algorithm=algorithm, cost=cost)
     keys = [k.decode() for k in redis_client.scan_iter(match=f"{key_prefix}*")]
-    usage_keys = [k for k in keys if k.endswith(":usage")]
-    state_keys = [k for k in keys if not k.endswith(":usage")]
+    usage_keys = [k for k in keys if ":usage" in k]  # counters, HLLs, offenders
+    state_keys = [k for k in keys if ":usage" not in k]
     assert len(state_keys) == 4 and usage_keys
     for key in state_keys:
         assert 0 < redis_client.pttl(key) <= TTL_BOUND_MS[algorithm]
@@ -155,14 +155,19 @@ def test_peeks_write_nothing_and_denials_only_count_usage(
     for algorithm in ALGORITHMS:
         limiter.peek("quiet", "client", RATE, algorithm=algorithm)
         limiter.hit("quiet", "client", RATE, algorithm=algorithm, cost=99)
-    keys = [k.decode() for k in redis_client.scan_iter(match=f"{key_prefix}*")]
-    (usage_key,) = keys
+    keys = sorted(k.decode() for k in redis_client.scan_iter(match=f"{key_prefix}*"))
+    usage_key, distinct_key, offenders_key = keys
     assert usage_key.endswith(":usage")
     counts = {
         k.decode().split("|", 1)[1]: int(v)
         for k, v in redis_client.hgetall(usage_key).items()
     }
     assert counts == {"quiet|b": len(ALGORITHMS)}
+    assert distinct_key.startswith(f"{usage_key}:hll:")
+    assert redis_client.pfcount(distinct_key) == 1  # one client
+    ((member, denials),) = redis_client.zrange(offenders_key, 0, -1, withscores=True)
+    assert member.decode().endswith("||quiet")  # no label for a plain string
+    assert denials == len(ALGORITHMS)
 
 
 def test_usage_counting_can_be_turned_off(

@@ -14,7 +14,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bench.usage import by_period, record_decisions, rows_of
 from ratelimit_app import aggregation, conf, stats, usage
-from ratelimit_app.models import DrainBatch, UsageDay, UsageHour, UsageMinute
+from ratelimit_app.models import (
+    DrainBatch,
+    UsageDay,
+    UsageHour,
+    UsageMinute,
+    UsageOffender,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -188,7 +194,7 @@ def test_a_counter_key_of_the_wrong_type_is_dropped_and_logged(redis_client, cap
     with caplog.at_level(logging.ERROR, logger="ratelimit_app"):
         report = aggregation.drain_usage()
     assert report.skipped == 1
-    assert "is not a hash" in caplog.text
+    assert "not a hash" in caplog.text
     assert rows_of(UsageMinute) == {("api", NOW_MINUTE): [1, 0, 0, 0]}
     assert prefixed_keys(redis_client) == []
 
@@ -413,9 +419,15 @@ def test_prune_deletes_rolled_up_rows_past_retention(redis_client):
         drained_at=now - timedelta(days=7)
     )
 
+    for policy, age in (("recent", 2 * DAY), ("stale", 91 * DAY)):
+        UsageOffender.objects.create(
+            policy=policy, hour=minute_at(NOW_MINUTE - age), identity="x", blocked=1
+        )
+
     deleted = aggregation.prune_usage(now=now)
 
-    assert deleted == {"minute": 3, "hour": 2, "day": 1, "batches": 2}
+    assert deleted == {"minute": 3, "hour": 2, "day": 1, "batches": 2, "offenders": 1}
+    assert list(UsageOffender.objects.values_list("policy", flat=True)) == ["recent"]
     assert sorted(UsageMinute.objects.values_list("policy", flat=True)) == [
         "fresh",
         "late",

@@ -10,7 +10,7 @@ from importlib.resources import files
 from ..types import ALGORITHMS
 
 # Fields per rule in ARGV and per rule in the reply; see driver.lua.
-ARGV_FIELDS = 7
+ARGV_FIELDS = 8
 REPLY_FIELDS = 4
 
 

@@ -2,8 +2,9 @@
 -- KEYS: one state key per rule (distinct keys), then, when usage is counted,
 --   the live usage hash of the first rule's shard (see ratelimit_app/usage.py).
 -- ARGV: mode ("hit" or "peek"), now_ms ("" = Redis TIME; a test clock passes
---   milliseconds), usage TTL ms ("" = do not count), then 7 fields per rule:
---   algorithm, limit, period_ms, capacity, cost, shadow ("1" or "0"), scope.
+--   milliseconds), usage TTL ms ("" = do not count), offenders kept per shard,
+--   then 8 fields per rule: algorithm, limit, period_ms, capacity, cost,
+--   shadow ("1" or "0"), scope, label (the identity as safe to display).
 -- Returns: {allowed (1/0), then 4 integers per rule: status, remaining,
 --   reset_after_ms, retry_after_ms (-1 = never)}
 --   status: 0 consumed, 1 denied, 2 had room but not consumed (another
@@ -13,19 +14,25 @@
 -- Usage (hit mode only): per rule and minute, "a" counts a consumed request,
 -- "c" its cost, "b" a denial by this enforcing rule, "s" a shadow rule's
 -- would-be denial; a rule that had room in a blocked call counts nothing.
+-- A rule that counts adds its identity digest to the (minute, scope)
+-- HyperLogLog of distinct clients (so the drain, reading the fields, learns
+-- of every HyperLogLog written); a denial adds one to the identity's score
+-- in the shard's offenders set, which drops its lowest member beyond the
+-- cap. Their key names hold the minute, so they are built here from the
+-- usage hash's name (same hash tag, so the same Redis Cluster slot).
 local now = tonumber(ARGV[2])
 if not now then
   local time = redis.call('TIME')
   now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
-local FIELDS = 7
-local rules = (#ARGV - 3) / FIELDS
+local FIELDS, HEADER = 8, 4
+local rules = (#ARGV - HEADER) / FIELDS
 
 -- Pass 1: every rule's verdict, nothing written. Flat: 6 slots per rule.
 local verdicts = {}
 local blocked = false
 for i = 1, rules do
-  local base = 3 + (i - 1) * FIELDS
+  local base = HEADER + (i - 1) * FIELDS
   local algorithm = ALGORITHMS[ARGV[base + 1]]
   if not algorithm then
     return redis.error_reply('ratelimit: unknown algorithm ' .. tostring(ARGV[base + 1]))
@@ -56,11 +63,34 @@ local function count(scope, metric, amount)
   end
 end
 
+-- The identity digest of a state key: <prefix>{s<N>}:<digest>:<scope>:<alg>.
+local function identity_of(key)
+  return string.match(key, '}:([^:]+)')
+end
+
+local function seen(scope, key)
+  local hll = usage_key .. ':hll:' .. minute .. '|' .. scope
+  if redis.call('PFADD', hll, identity_of(key)) == 1 then
+    redis.call('PEXPIRE', hll, usage_ttl)
+  end
+end
+
+local function offended(scope, key, label)
+  local top = usage_key .. ':top'
+  local member = minute .. '|' .. identity_of(key) .. '|' .. label .. '|' .. scope
+  if tonumber(redis.call('ZINCRBY', top, 1, member)) == 1 then
+    redis.call('PEXPIRE', top, usage_ttl)
+    if redis.call('ZCARD', top) > tonumber(ARGV[4]) then
+      redis.call('ZPOPMIN', top)
+    end
+  end
+end
+
 -- Pass 2: consume from every rule that had room, only if nothing blocked.
 local consume = ARGV[1] == 'hit' and not blocked
 local reply = {blocked and 0 or 1}
 for i = 1, rules do
-  local base, v = 3 + (i - 1) * FIELDS, (i - 1) * 6
+  local base, v = HEADER + (i - 1) * FIELDS, (i - 1) * 6
   local status, remaining, retry = verdicts[v + 1], verdicts[v + 2], verdicts[v + 3]
   local reset = verdicts[v + 4]
   if status == 0 and consume then
@@ -75,6 +105,7 @@ for i = 1, rules do
     if usage_ttl then
       count(ARGV[base + 7], 'a', 1)
       count(ARGV[base + 7], 'c', cost)
+      seen(ARGV[base + 7], KEYS[i])
     end
   else
     if status == 0 then status = 2 end
@@ -83,6 +114,8 @@ for i = 1, rules do
     end
     if usage_ttl and (status == 1 or status == 3) then
       count(ARGV[base + 7], ARGV[base + 6] == '1' and 's' or 'b', 1)
+      seen(ARGV[base + 7], KEYS[i])
+      offended(ARGV[base + 7], KEYS[i], ARGV[base + 8])
     end
   end
   reply[#reply + 1] = status
