@@ -6,13 +6,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from django.db.models import QuerySet, Sum
+from django.db.models import Max, QuerySet, Sum
 from django.db.models.functions import Trunc
 from django.utils import timezone
 
 from . import usage
 from .aggregation import PERIOD_LENGTHS, retention
-from .models import UsageDay, UsageHour, UsageMinute
+from .models import UsageDay, UsageHour, UsageMinute, UsageOffender
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SUMS = {f"sum_{name}": Sum(name) for name in usage.COUNTS}
@@ -81,6 +81,77 @@ def series(
     start, end = floor_time(as_utc(since), unit), as_utc(until)
     starts = [start + i * unit for i in range(-(-(end - start) // unit))]
     return [Bucket(_local(s, since), dict(sums[s])) for s in starts]
+
+
+@dataclass(frozen=True)
+class Distinct:
+    """Distinct clients of a policy in one period (a HyperLogLog estimate)."""
+
+    start: datetime
+    clients: int
+
+
+def distinct_clients(
+    policy: str, period: str, since: datetime, until: datetime
+) -> list[Distinct]:
+    """Distinct clients of ``policy`` per ``period`` ("minute", "hour" or
+    "day") starting in ``[since, until)``, oldest first; 0 where none.
+
+    Each value was merged from the clients themselves, not summed: the
+    clients of an hour are not the sum of its minutes', so do not add them.
+    """
+    model = _PERIOD_MODELS[period]
+    unit = PERIOD_LENGTHS[period]
+    rows = model.objects.filter(
+        policy=policy, **{f"{period}__gte": since, f"{period}__lt": until}
+    ).values_list(period, "distinct_clients")
+    found = {as_utc(start): clients for start, clients in rows}
+    start, end = ceil_time(as_utc(since), unit), as_utc(until)
+    starts = [start + i * unit for i in range(max(0, -(-(end - start) // unit)))]
+    return [Distinct(_local(s, since), found.get(s, 0)) for s in starts]
+
+
+_PERIOD_MODELS = {"minute": UsageMinute, "hour": UsageHour, "day": UsageDay}
+
+
+@dataclass(frozen=True)
+class Offender:
+    identity: str  # the keyed hash of the identity, as in the Redis keys
+    label: str  # safe to show: a masked IP, a user id, or "#" and the hash's start
+    blocked: int  # denials in the range
+
+
+def top_offenders(
+    policy: str | None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    *,
+    limit: int = 10,
+) -> list[Offender]:
+    """The identities ``policy`` (None: any policy) denied most in the hours
+    starting in ``[since, until)``, most denied first.
+
+    Counted per hour and kept for each hour's top ``USAGE_OFFENDERS_KEPT``,
+    so an identity that was never near the top of an hour may be missing.
+    """
+    rows = UsageOffender.objects.all()
+    if policy is not None:
+        rows = rows.filter(policy=policy)
+    if since is not None:
+        rows = rows.filter(hour__gte=since)
+    if until is not None:
+        rows = rows.filter(hour__lt=until)
+    top = (
+        rows.values("identity")
+        .annotate(denials=Sum("blocked"), label=Max("label"))
+        .order_by("-denials", "identity")[:limit]
+    )
+    return [
+        Offender(
+            row["identity"], row["label"] or f"#{row['identity'][:8]}", row["denials"]
+        )
+        for row in top
+    ]
 
 
 def _rows(policy, since, until, now) -> list[QuerySet]:

@@ -8,7 +8,7 @@ import logging
 import pytest
 from django.db import OperationalError
 
-from ratelimit_app import aggregation, conf, distinct, usage
+from ratelimit_app import aggregation, conf, distinct, stats, usage
 from ratelimit_app.identity import MISSING, display_label
 from ratelimit_app.models import UsageDay, UsageHour, UsageMinute, UsageOffender
 from ratelimit_app.testing import ManualClock
@@ -304,3 +304,44 @@ def test_bad_offender_settings_are_refused_with_a_clear_message(settings, name, 
     )
     with pytest.raises(ImproperlyConfigured, match=name):
         getter()
+
+
+# -- query helpers -----------------------------------------------------------------
+
+
+def test_stats_distinct_clients_lists_every_period_with_zeros(counting, clock):
+    hit_clients(counting, "api", ["a", "b"])
+    clock.advance(2 * MINUTE_MS)
+    hit_clients(counting, "api", ["b", "c", "d"])
+    aggregation.drain_usage()
+
+    since = usage.minute_start(START_MINUTE)
+    until = usage.minute_start(START_MINUTE + 4)
+    series = stats.distinct_clients("api", "minute", since, until)
+    assert [p.clients for p in series] == [2, 0, 3, 0]
+    assert [p.start for p in series] == [
+        usage.minute_start(START_MINUTE + i) for i in range(4)
+    ]
+    (hour,) = stats.distinct_clients("api", "hour", since, until)
+    assert hour.clients == 4
+    assert stats.distinct_clients("other", "minute", since, until)[0].clients == 0
+
+
+def test_stats_top_offenders_sums_hours_and_ranks(counting, clock):
+    hit_clients(counting, "api", ["user:1"] * 3 + ["user:2"] * 5, rate="1/h")
+    hit_clients(counting, "login", ["user:1"] * 4, rate="1/h")
+    clock.advance(60 * MINUTE_MS)  # next hour: new windows, new rows
+    hit_clients(counting, "api", ["user:1"] * 4, rate="1/h")
+    aggregation.drain_usage()
+
+    top = stats.top_offenders("api")
+    assert [(o.label, o.blocked) for o in top] == [("user 1", 5), ("user 2", 4)]
+    assert [(o.label, o.blocked) for o in stats.top_offenders(None, limit=1)] == [
+        ("user 1", 8)
+    ]
+    first_hour = stats.top_offenders(
+        "api",
+        since=usage.minute_start(START_MINUTE),
+        until=usage.minute_start(START_MINUTE + 60),
+    )
+    assert [(o.label, o.blocked) for o in first_hour] == [("user 2", 4), ("user 1", 2)]
