@@ -6,6 +6,7 @@ import ipaddress
 import re
 
 from django.conf import settings
+from django.contrib.admin.decorators import display as admin_display
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils.translation import gettext_lazy as _
@@ -425,7 +426,9 @@ class UsageOffender(models.Model):
         return f"{self.display_name} @ {self.policy} {self.hour:%Y-%m-%d %H:00}"
 
     @property
+    @admin_display(description=_("client"))
     def display_name(self) -> str:
+        """The label, or the start of the hash when nothing is safe to show."""
         return self.label or f"#{self.identity[:8]}"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from .models import UsageDay, UsageHour, UsageMinute
+from .models import UsageDay, UsageHour, UsageMinute, UsageOffender
 
 COUNT_FIELDS = ("allowed", "blocked", "shadow_blocked", "cost")
 
@@ -17,7 +17,7 @@ class UsageAdmin(admin.ModelAdmin):
     list_per_page = 100
 
     def get_list_display(self, request):
-        return ("policy", self.model.period, *COUNT_FIELDS)
+        return ("policy", self.model.period, *COUNT_FIELDS, "distinct_clients")
 
     def get_ordering(self, request):
         return (f"-{self.model.period}", "policy")
@@ -41,3 +41,17 @@ for usage_model in (UsageMinute, UsageHour, UsageDay):
             {"date_hierarchy": usage_model.period},
         ),
     )
+
+
+@admin.register(UsageOffender)
+class UsageOffenderAdmin(UsageAdmin):
+    """The most denied identities per policy and hour."""
+
+    date_hierarchy = "hour"
+    search_fields = ("policy", "label", "identity")
+
+    def get_list_display(self, request):
+        return ("policy", "hour", "display_name", "blocked")
+
+    def get_ordering(self, request):
+        return ("-hour", "policy", "-blocked")

@@ -657,3 +657,22 @@ def test_usage_tables_are_listed_read_only(admin_client, model):
     assert (
         admin_client.get(reverse(f"admin:ratelimit_app_{model}_add")).status_code == 403
     )
+
+
+def test_top_offenders_are_listed_read_only_with_safe_names(admin_client):
+    from datetime import UTC, datetime
+
+    from ratelimit_app.models import UsageOffender
+
+    hour = datetime(2026, 11, 23, 10, tzinfo=UTC)
+    UsageOffender.objects.create(
+        policy="api", hour=hour, identity="A" * 22, label="203.0.113.x", blocked=9
+    )
+    UsageOffender.objects.create(policy="api", hour=hour, identity="Zq" * 11, blocked=4)
+    listing = admin_client.get(reverse("admin:ratelimit_app_usageoffender_changelist"))
+    assert listing.status_code == 200
+    assert b"203.0.113.x" in listing.content
+    assert b"#ZqZqZqZq" in listing.content  # no label: the start of the hash
+    assert b"Client" in listing.content  # the column's name
+    add = admin_client.get(reverse("admin:ratelimit_app_usageoffender_add"))
+    assert add.status_code == 403
