@@ -50,27 +50,24 @@ def bar_chart(buckets: Sequence[Bucket], axis: Axis, title: str) -> SafeString:
 
 
 def legend() -> SafeString:
-    """The colour key shared by every chart (HTML, beside the SVGs)."""
+    """The colour key shared by every chart (HTML, coloured by dashboard.css)."""
     items = (
-        (COLORS["allowed"], _("allowed")),
-        (COLORS["blocked"], _("blocked")),
-        (COLORS["shadow_blocked"], _("would block (shadow mode)")),
+        ("allowed", _("allowed")),
+        ("blocked", _("blocked")),
+        ("shadow-blocked", _("would block (shadow mode)")),
     )
     return format_html(
         '<ul class="usage-legend">{}</ul>',
-        format_html_join(
-            "",
-            '<li><span class="swatch" style="background:{}"></span> {}</li>',
-            items,
-        ),
+        format_html_join("", '<li><span class="swatch {}"></span> {}</li>', items),
     )
 
 
 def nice_ceiling(value: int) -> int:
-    """The smallest 1, 2 or 5 times a power of ten at or above ``value`` (>= 1)."""
+    """The smallest round number (1, 2, 3, 4, 5, 6 or 8 times a power of ten)
+    at or above ``value``; at least 1."""
     step = 1
     while True:
-        for factor in (1, 2, 5):
+        for factor in (1, 2, 3, 4, 5, 6, 8):
             if step * factor >= value:
                 return step * factor
         step *= 10

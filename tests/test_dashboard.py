@@ -243,7 +243,7 @@ def test_windows_end_after_the_current_period_on_its_boundaries():
 
 @pytest.mark.parametrize(
     ("value", "ceiling"),
-    [(0, 1), (1, 1), (2, 2), (3, 5), (5, 5), (6, 10), (11, 20), (999, 1000)],
+    [(0, 1), (1, 1), (3, 3), (7, 8), (9, 10), (11, 20), (201, 300), (999, 1000)],
 )
 def test_nice_ceiling(value, ceiling):
     assert charts.nice_ceiling(value) == ceiling
@@ -264,6 +264,7 @@ def test_a_chart_has_one_group_per_bucket_with_its_numbers_and_no_resources():
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in svg
     assert "http" not in svg.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "href" not in svg
+    assert "style" not in svg  # no inline styles: dashboard.css has them
     assert "12:37 UTC: allowed 3, blocked 6, would block (shadow) 3" in svg
 
 
