@@ -257,7 +257,7 @@ def _conf_errors() -> list[CheckMessage]:
     return errors
 
 
-BOOLEAN_SETTINGS = ("ENABLED", "COUNT_OPTIONS", "LEGACY_HEADERS")
+BOOLEAN_SETTINGS = ("ENABLED", "COUNT_OPTIONS", "LEGACY_HEADERS", "METRICS")
 
 
 def _value_errors(values: dict[str, Any]) -> list[CheckMessage]:

@@ -15,7 +15,7 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 from django.urls import Resolver404, resolve
 
-from . import conf, limiter
+from . import conf, limiter, metrics
 from .identity import client_ip
 from .limiter import RuleSpec
 from .policies import CompiledPolicy, glob_to_regex
@@ -264,7 +264,9 @@ def report(request: HttpRequest, outcome: Outcome) -> Outcome:
 
 
 def record(request: HttpRequest, outcome: Outcome) -> Outcome:
-    """Attach the decisions to the request (middleware and decorators add up)."""
+    """Attach the decisions to the request (middleware and decorators add up),
+    and count them: every call records a request's decisions for new policies."""
+    metrics.record_decisions(outcome)
     existing = getattr(request, "ratelimit", None)
     if isinstance(existing, Outcome):
         existing.extend(outcome)

@@ -182,6 +182,7 @@ def test_e003_never_shows_the_key_secret():
         ("ENABLED", "no", Advice.BOOLEAN),
         ("COUNT_OPTIONS", 1, Advice.BOOLEAN),
         ("LEGACY_HEADERS", None, Advice.BOOLEAN),
+        ("METRICS", "yes", Advice.BOOLEAN),
         ("GROUPS_CACHE_SECONDS", -1, Advice.GROUPS_CACHE_SECONDS),
         ("GROUPS_CACHE_SECONDS", "30", Advice.GROUPS_CACHE_SECONDS),
         ("POLICIES", {"name": "x", "rate": "1/m"}, Advice.POLICIES),

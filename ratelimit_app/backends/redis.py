@@ -9,9 +9,9 @@ from functools import cache
 import redis
 import redis.asyncio
 from django.core.exceptions import ImproperlyConfigured
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
-from .. import conf
+from .. import conf, metrics
 from ..algorithms import Script
 
 
@@ -65,13 +65,24 @@ def reset_clients() -> None:
 conf.on_change(reset_clients)
 
 
+# The `operation` label of the Redis errors counted while running a script.
+SCRIPT_OPERATION = "decide"
+
+
 def run_script(client: redis.Redis, script: Script, keys: list, args: list) -> list:
-    """EVALSHA a script; load it once after NOSCRIPT (flush or restart)."""
+    """EVALSHA a script; load it once after NOSCRIPT (flush or restart).
+
+    Redis errors are counted (metrics) and propagate.
+    """
     try:
-        return client.evalsha(script.sha, len(keys), *keys, *args)
-    except NoScriptError:
-        client.script_load(script.source)
-        return client.evalsha(script.sha, len(keys), *keys, *args)
+        try:
+            return client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            client.script_load(script.source)
+            return client.evalsha(script.sha, len(keys), *keys, *args)
+    except RedisError as exc:
+        metrics.record_redis_error(SCRIPT_OPERATION, exc)
+        raise
 
 
 async def arun_script(
@@ -79,7 +90,11 @@ async def arun_script(
 ) -> list:
     """The asyncio twin of ``run_script``."""
     try:
-        return await client.evalsha(script.sha, len(keys), *keys, *args)
-    except NoScriptError:
-        await client.script_load(script.source)
-        return await client.evalsha(script.sha, len(keys), *keys, *args)
+        try:
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(script.source)
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+    except RedisError as exc:
+        metrics.record_redis_error(SCRIPT_OPERATION, exc)
+        raise
