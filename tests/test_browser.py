@@ -11,7 +11,8 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import Select
+from selenium.webdriver.support import expected_conditions as loaded
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from ratelimit_app import dashboard
 from ratelimit_app.models import UsageMinute
@@ -52,7 +53,6 @@ def browser(monkeypatch):
     ):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.implicitly_wait(5)
     yield driver
     driver.quit()
 
@@ -83,6 +83,13 @@ def seeded(transactional_db, monkeypatch):
     return policy, counts
 
 
+def wait_for(browser, selector: str):
+    """The element once the page showing it has loaded (clicks do not wait)."""
+    return WebDriverWait(browser, 15).until(
+        loaded.presence_of_element_located((By.CSS_SELECTOR, selector))
+    )
+
+
 def log_in(browser, live_server, django_user_model, next_url: str) -> None:
     username = f"admin-{uuid.uuid4().hex[:6]}"
     django_user_model.objects.create_superuser(username, password="pw-browser-1")
@@ -90,6 +97,7 @@ def log_in(browser, live_server, django_user_model, next_url: str) -> None:
     browser.find_element(By.NAME, "username").send_keys(username)
     browser.find_element(By.NAME, "password").send_keys("pw-browser-1")
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait_for(browser, "#user-tools")  # logged in: the login page has none
 
 
 def test_the_dashboard_draws_the_seeded_counts(
@@ -98,15 +106,11 @@ def test_the_dashboard_draws_the_seeded_counts(
     policy, counts = seeded
     log_in(browser, live_server, django_user_model, "/admin/")
     browser.get(f"{live_server.url}/admin/ratelimit_app/policy/")
-    browser.find_element(By.ID, "usage-dashboard-link").click()
-    Select(browser.find_element(By.ID, "id_policy")).select_by_value(policy)
-    browser.find_element(
-        By.CSS_SELECTOR, "#dashboard_filter input[type=submit]"
-    ).click()
+    wait_for(browser, "#usage-dashboard-link").click()
+    Select(wait_for(browser, "#id_policy")).select_by_value(policy)
+    browser.find_element(By.CSS_SELECTOR, "#dashboard_filter [type=submit]").click()
+    wait_for(browser, f'#range-hour[data-policy="{policy}"]')
 
-    assert browser.find_element(By.ID, "range-hour").get_attribute("data-policy") == (
-        policy
-    )
     groups = browser.find_elements(By.CSS_SELECTOR, "#range-hour g.bucket")
     assert len(groups) == 60
     drawn = {}
