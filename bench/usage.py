@@ -1,11 +1,16 @@
-"""Usage statistics end to end: record N decisions, drain, roll up, compare.
+"""Usage statistics end to end: make N decisions, drain, roll up, compare.
 
-``python -m bench.usage`` records 1,000,000 decisions (``--decisions``) into
-the Redis usage counters the way the decision script does (``HINCRBY`` and a
-TTL per decision, sent in pipelined batches), over many shards, policies and
-minutes, draining every ``--drain-every`` decisions; then rolls up and checks
-that the minute, hour and day rows and ``stats.totals`` equal what was
-recorded. Prints the time of each phase; exits 1 on any difference.
+``python -m bench.usage`` makes 1,000,000 decisions (``--decisions``) through
+the real decision script (``--source script``: pipelined ``EVALSHA`` calls
+built by ``Limiter.pack``, each at a chosen minute, over many clients,
+policies, algorithms, costs and shadow rules), tallying what each reply says
+was allowed, blocked or shadow-blocked; ``--source counters`` instead writes
+the counters directly as the script does (``HINCRBY`` and a TTL, faster). It
+drains every ``--drain-every`` decisions, then rolls up and checks that the
+minute, hour and day rows and ``stats.totals`` equal the tally, and (script
+source) that the distinct clients per policy and minute are within the
+HyperLogLog's error of the exact count. Prints the time of each phase; exits
+1 on any difference.
 
 Redis: ``REDIS_URL``, else 127.0.0.1:6379, else a private redis-server; keys
 under a per-run prefix, deleted at the end. Database: ``DATABASE_URL`` (a
@@ -87,6 +92,91 @@ def record_decisions(
     return tally
 
 
+class PinnedClock:
+    """The limiter's clock: the minute a decision is made at, set per call."""
+
+    def __init__(self) -> None:
+        self.now_ms = 0
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+# Rules the scripted decisions pick from: (rate, algorithm). Small limits so
+# that many decisions are denied.
+SCRIPT_RULES = (
+    ("20/m", "fixed_window"),
+    ("30/m", "gcra"),
+    ("10/m", "token_bucket"),
+    ("15/m", "sliding_window_counter"),
+)
+STATUS_CONSUMED, STATUS_DENIED, STATUS_TOO_COSTLY = 0, 1, 3
+
+
+def script_decisions(
+    client: redis.Redis,
+    count: int,
+    *,
+    seed: int,
+    last_minute: int,
+    minutes: int,
+    expected: Expected,
+    clients_seen: dict[tuple[str, int], set[str]],
+    pipeline_size: int = 2000,
+) -> None:
+    """Make ``count`` decisions through the decision script and tally, from
+    each reply, what the script must have counted."""
+    from ratelimit_app.algorithms import script_for
+    from ratelimit_app.limiter import Limiter, spec_of
+
+    rng = random.Random(seed)
+    clock = PinnedClock()
+    limiter = Limiter(client=client, clock=clock)
+    for _, algorithm in SCRIPT_RULES:
+        client.script_load(script_for(frozenset((algorithm,))).source)
+    pipe = client.pipeline(transaction=False)
+    pending: list[tuple[str, int, str, int, bool]] = []
+
+    def flush() -> None:
+        for (policy, minute, identity, cost, shadow), reply in zip(
+            pending, pipe.execute(), strict=True
+        ):
+            tally_reply(
+                expected, clients_seen, policy, minute, identity, cost, shadow, reply
+            )
+        pending.clear()
+
+    for _ in range(count):
+        policy = POLICIES[rng.randrange(len(POLICIES))]
+        minute = last_minute - rng.randrange(minutes)
+        identity = f"client-{rng.randrange(300)}"
+        cost = (1, 1, 1, 2, 5)[rng.randrange(5)]
+        shadow = rng.random() < 1 / 7
+        rate, algorithm = SCRIPT_RULES[rng.randrange(len(SCRIPT_RULES))]
+        spec = spec_of(policy, rate, algorithm, cost, None, shadow)
+        clock.now_ms = minute * 60_000 + rng.randrange(60_000)
+        script, keys, argv = limiter.pack([(spec, identity)], "hit")
+        pipe.evalsha(script.sha, len(keys), *keys, *argv)
+        pending.append((policy, minute, identity, cost, shadow))
+        if len(pending) == pipeline_size:
+            flush()
+    flush()
+
+
+def tally_reply(expected, clients_seen, policy, minute, identity, cost, shadow, reply):
+    """What the script counts for one single-rule decision (see driver.lua)."""
+    status = reply[1]
+    row = expected.setdefault((policy, minute), [0, 0, 0, 0])
+    if status == STATUS_CONSUMED:
+        row[0] += 1
+        row[3] += cost
+    elif status in (STATUS_DENIED, STATUS_TOO_COSTLY):
+        row[2 if shadow else 1] += 1
+    else:
+        return
+    clients_seen.setdefault((policy, minute), set()).add(identity)
+
+
 def by_period(expected: Expected, period: timedelta) -> Expected:
     """The expected counts summed per (policy, period start in minutes)."""
     step = int(period.total_seconds()) // 60
@@ -145,22 +235,36 @@ def run(redis_url: str, args: argparse.Namespace) -> bool:
     try:
         last_minute = int(time.time() // 60)
         expected: Expected = {}
+        clients_seen: dict[tuple[str, int], set[str]] = {}
         timings = defaultdict(float)
         done, seed = 0, args.seed
         while done < args.decisions:
             step = min(args.drain_every, args.decisions - done)
             started = time.perf_counter()
-            record_decisions(
-                client,
-                step,
-                seed=seed,
-                last_minute=last_minute,
-                minutes=args.minutes,
-                shards=conf.shard_count(),
-                prefix=conf.key_prefix(),
-                expected=expected,
+            if args.source == "script":
+                script_decisions(
+                    client,
+                    step,
+                    seed=seed,
+                    last_minute=last_minute,
+                    minutes=args.minutes,
+                    expected=expected,
+                    clients_seen=clients_seen,
+                )
+            else:
+                record_decisions(
+                    client,
+                    step,
+                    seed=seed,
+                    last_minute=last_minute,
+                    minutes=args.minutes,
+                    shards=conf.shard_count(),
+                    prefix=conf.key_prefix(),
+                    expected=expected,
+                )
+            timings["decide" if args.source == "script" else "record"] += (
+                time.perf_counter() - started
             )
-            timings["record"] += time.perf_counter() - started
             started = time.perf_counter()
             aggregation.drain_usage(client)
             timings["drain"] += time.perf_counter() - started
@@ -178,8 +282,17 @@ def run(redis_url: str, args: argparse.Namespace) -> bool:
             "day rows": rows_of(UsageDay) == by_period(expected, timedelta(days=1)),
             "stats.totals": per_policy == expected_totals(expected),
         }
+        if args.source == "script":
+            checks["distinct clients (within HLL error: 3% or 3)"] = distinct_close(
+                clients_seen
+            )
         decisions = sum(t["allowed"] + t["blocked"] for t in per_policy.values())
-        checks["decisions"] = decisions == args.decisions
+        if args.source == "counters":
+            checks["decisions"] = decisions == args.decisions
+        else:
+            shadow = sum(t["shadow_blocked"] for t in per_policy.values())
+            # a shadow rule's denial is counted as shadow-blocked only
+            checks["decisions"] = decisions + shadow == args.decisions
         report(args, timings, checks, decisions)
         return all(checks.values())
     finally:
@@ -190,6 +303,31 @@ def run(redis_url: str, args: argparse.Namespace) -> bool:
         for start in range(0, len(keys), 1000):
             client.delete(*keys[start : start + 1000])
         client.close()
+
+
+def distinct_close(clients_seen: dict[tuple[str, int], set[str]]) -> bool:
+    """Each minute row's distinct clients within 3% (or 3) of the exact count.
+
+    That is the HyperLogLog's error at these small counts; the stored values
+    equal a PFCOUNT of the exact set of identity digests.
+    """
+    from ratelimit_app.models import UsageMinute
+    from ratelimit_app.usage import minute_of
+
+    stored = {
+        (policy, minute_of(minute)): clients
+        for policy, minute, clients in UsageMinute.objects.values_list(
+            "policy", "minute", "distinct_clients"
+        )
+    }
+    far = {
+        key: (stored.get(key, 0), len(seen))
+        for key, seen in clients_seen.items()
+        if abs(stored.get(key, 0) - len(seen)) > max(3, 0.03 * len(seen))
+    }
+    if far:
+        print(f"distinct clients (stored, exact) far apart: {far}", file=sys.stderr)
+    return not far
 
 
 def expected_totals(expected: Expected) -> dict[str, dict[str, int]]:
@@ -209,8 +347,13 @@ def report(args, timings: dict, checks: dict, decisions: int) -> None:
     print(
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; database: {connection.vendor}; "
         f"{len(POLICIES)} policies over {args.minutes} minutes; drained every "
-        f"{args.drain_every:,} decisions. record: Python writing the counters as "
-        "the decision script will (HINCRBY and PEXPIRE, pipelined)."
+        f"{args.drain_every:,} decisions. "
+        + (
+            "decide: single-rule calls of the decision script (pipelined EVALSHA)."
+            if args.source == "script"
+            else "record: Python writing the counters as the decision script "
+            "does (HINCRBY and PEXPIRE, pipelined)."
+        )
     )
     print()
     print("| phase | seconds | decisions/s |")
@@ -220,7 +363,8 @@ def report(args, timings: dict, checks: dict, decisions: int) -> None:
         print(f"| {phase} | {seconds:.2f} | {rate} |")
     print()
     for name, ok in checks.items():
-        print(f"- {name}: {'exact' if ok else 'DIFFERENT'}")
+        verdict = ("yes" if "within" in name else "exact") if ok else "DIFFERENT"
+        print(f"- {name}: {verdict}")
     print(f"- decisions counted by stats.totals: {decisions:,}")
 
 
@@ -230,6 +374,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--drain-every", type=int, default=250_000)
     parser.add_argument("--minutes", type=int, default=240)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--source",
+        choices=("script", "counters"),
+        default="script",
+        help="decisions through the decision script, or counters written directly",
+    )
     args = parser.parse_args(argv)
     if min(args.decisions, args.drain_every, args.minutes) < 1:
         parser.error("--decisions, --drain-every and --minutes must be at least 1")

@@ -1,23 +1,25 @@
 """Test settings: the demo's, on DATABASE_URL (PostgreSQL in CI) or SQLite."""
 
+import tempfile
+import uuid
+from pathlib import Path
+
 from tests.redis_env import ensure_redis_url
 
 REDIS_URL = ensure_redis_url()
 
 from demo_project.settings import *  # noqa: E402, F403
-from demo_project.settings import BASE_DIR  # noqa: E402
 
 SECRET_KEY = "tests-only-secret-key"
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405
-    DATABASES["default"]["NAME"] = BASE_DIR / "tests" / ".test-db.sqlite3"  # noqa: F405
     # A file, not memory: the Celery workers tests start open the same database.
-    DATABASES["default"]["TEST"] = {  # noqa: F405
-        "NAME": str(BASE_DIR / "tests" / ".test-db.sqlite3.test")
-    }
+    # One per process, so test runs side by side never share a file.
+    _sqlite = Path(tempfile.gettempdir()) / f"ratelimit-tests-{uuid.uuid4().hex}"
+    DATABASES["default"]["NAME"] = f"{_sqlite}.sqlite3"  # noqa: F405
+    DATABASES["default"]["TEST"] = {"NAME": f"{_sqlite}.test.sqlite3"}  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 import os  # noqa: E402
-import uuid  # noqa: E402
 
 ROOT_URLCONF = "tests.urls"
 assert "ratelimit_app.middleware.RateLimitMiddleware" in MIDDLEWARE  # noqa: F405
