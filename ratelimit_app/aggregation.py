@@ -40,6 +40,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from . import conf, distinct, offenders, usage
 from .backends.redis import get_client
+from .backends.topology import evalsha_each
 from .models import DrainBatch, UsageDay, UsageHour, UsageMinute, UsageOffender
 
 logger = logging.getLogger("ratelimit_app")
@@ -173,20 +174,20 @@ def _start_batches(client, prefix: str, shards: Sequence[int]) -> list[Batch]:
 
 
 def _rename_live(client, prefix: str, batches: list[Batch]) -> list:
-    """START_BATCH_LUA for each batch, pipelined: the replies or errors."""
-    sha = client.script_load(START_BATCH_LUA)
+    """START_BATCH_LUA for each batch (pipelined but on a cluster): the
+    replies or errors."""
     ttl_ms = usage.ttl_seconds() * 1000
-    pipe = client.pipeline(transaction=False)
+    calls = []
     for batch in batches:
-        keys = (
+        keys = [
             usage.live_key(prefix, batch.shard),
             usage.batch_key(prefix, batch.shard, batch.batch_id),
             usage.batches_key(prefix, batch.shard),
             usage.top_key(prefix, batch.shard),
             usage.batch_top_key(prefix, batch.shard, batch.batch_id),
-        )
-        pipe.evalsha(sha, len(keys), *keys, batch.batch_id, ttl_ms)
-    return pipe.execute(raise_on_error=False)
+        ]
+        calls.append((keys, [batch.batch_id, ttl_ms]))
+    return evalsha_each(client, START_BATCH_LUA, calls)
 
 
 def _finish(client, prefix: str, batches: list[Batch], report: DrainReport) -> None:

@@ -25,6 +25,7 @@ from datetime import timedelta
 from redis.exceptions import ResponseError
 
 from . import usage
+from .backends.topology import evalsha_each
 from .models import UsageDay, UsageHour, UsageMinute
 
 logger = logging.getLogger("ratelimit_app")
@@ -105,18 +106,21 @@ def merge(client, prefix: str, seen: Seen) -> tuple[list[DistinctCount], int]:
     groups = sorted(blobs)  # a group without any HyperLogLog has nothing to add
     if not groups:
         return [], 0
-    sha = client.script_load(MERGE_LUA)
     ttls = [int(MERGED_TTL[p].total_seconds() * 1000) for p in PERIOD_MINUTES]
-    pipe = client.pipeline(transaction=False)
+    calls = []
     for scope, minute in groups:
         keys = [
             merged_key(prefix, period, period_start(period, minute), scope)
             for period in PERIOD_MINUTES
         ]
         keys.append(f"{prefix}{{usage-distinct}}:scratch")
-        pipe.evalsha(sha, len(keys), *keys, *ttls, *blobs[(scope, minute)])
+        calls.append((keys, [*ttls, *blobs[(scope, minute)]]))
     counts, skipped = {}, 0
-    for (scope, minute), reply in zip(groups, pipe.execute(), strict=True):
+    for (scope, minute), reply in zip(
+        groups, evalsha_each(client, MERGE_LUA, calls), strict=True
+    ):
+        if isinstance(reply, Exception):
+            raise reply
         for period, clients in zip(PERIOD_MINUTES, reply[:3], strict=True):
             key = (period, scope, period_start(period, minute))
             counts[key] = max(counts.get(key, 0), clients)  # later merges hold more

@@ -9,6 +9,7 @@ from functools import cache, lru_cache
 from . import conf, usage
 from .algorithms import REPLY_FIELDS, Script, script_for
 from .backends.redis import arun_script, get_async_client, get_client, run_script
+from .backends.topology import is_cluster
 from .identity import display_label
 from .keys import ALGORITHM_CODES, identity_base, key_suffix, rule_key
 from .rates import Rate
@@ -172,8 +173,25 @@ class Limiter:
         """Evaluate prepared (spec, identity) pairs in one call (the hot path)."""
         if not items:
             return []
-        reply = run_script(self.client, *self.pack(items, mode))
+        client = self.client
+        if is_cluster(client) and _several_identities(items):
+            return self._decide_per_identity(client, items, mode)
+        reply = run_script(client, *self.pack(items, mode))
         return to_decisions(items, reply)
+
+    def _decide_per_identity(self, client, items, mode: str) -> list[Decision]:
+        """One call per identity, in order of first appearance (Redis Cluster:
+        each identity's keys share a slot, different identities need not).
+
+        All-or-nothing holds within an identity; once one denies, the later
+        ones are only peeked, and what the earlier ones consumed stays.
+        """
+        replies = {}
+        for group in _by_identity(items):
+            reply = run_script(client, *self.pack([items[i] for i in group], mode))
+            replies.update(zip(group, _rule_replies(reply), strict=True))
+            mode = mode if reply[0] else "peek"
+        return _merged(items, replies)
 
     def hit(
         self,
@@ -225,8 +243,21 @@ class Limiter:
     ) -> list[Decision]:
         if not items:
             return []
-        reply = await arun_script(self.async_client, *self.pack(items, mode))
+        client = self.async_client
+        if is_cluster(client) and _several_identities(items):
+            return await self._adecide_per_identity(client, items, mode)
+        reply = await arun_script(client, *self.pack(items, mode))
         return to_decisions(items, reply)
+
+    async def _adecide_per_identity(self, client, items, mode: str):
+        """The asyncio twin of ``_decide_per_identity``."""
+        replies = {}
+        for group in _by_identity(items):
+            packed = self.pack([items[i] for i in group], mode)
+            reply = await arun_script(client, *packed)
+            replies.update(zip(group, _rule_replies(reply), strict=True))
+            mode = mode if reply[0] else "peek"
+        return _merged(items, replies)
 
     async def ahit(
         self,
@@ -285,6 +316,33 @@ def to_decisions(items: Sequence[tuple[RuleSpec, Identity]], reply: list):
         to_decision(reply, index, spec.capacity, spec.scope, spec.shadow)
         for index, (spec, _) in enumerate(items)
     ]
+
+
+def _several_identities(items: Sequence[tuple[RuleSpec, Identity]]) -> bool:
+    first = items[0][1]
+    return any(identity != first for _, identity in items)
+
+
+def _by_identity(items: Sequence[tuple[RuleSpec, Identity]]) -> list[list[int]]:
+    """Indexes of ``items`` grouped by identity, in order of first appearance."""
+    groups: dict[Identity, list[int]] = {}
+    for index, (_, identity) in enumerate(items):
+        groups.setdefault(identity, []).append(index)
+    return list(groups.values())
+
+
+def _rule_replies(reply: list) -> list[list]:
+    """A driver reply cut into its per-rule fields."""
+    fields = reply[1:]
+    return [fields[i : i + REPLY_FIELDS] for i in range(0, len(fields), REPLY_FIELDS)]
+
+
+def _merged(items, replies: dict[int, list]) -> list[Decision]:
+    """Per-identity replies as the decisions of one call, in item order."""
+    flat = [0]  # to_decision skips the "allowed" flag
+    for index in range(len(items)):
+        flat += replies[index]
+    return to_decisions(items, flat)
 
 
 def _items(rules: Iterable[Rule]) -> list[tuple[RuleSpec, Identity]]:

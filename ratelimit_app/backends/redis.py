@@ -13,6 +13,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from .. import conf, metrics
 from ..algorithms import Script
+from .topology import client_from_url
 
 
 @cache
@@ -20,7 +21,7 @@ def get_client() -> redis.Redis:
     """The sync client: RATELIMIT['REDIS_URL'], else the django-redis cache."""
     url = conf.get("REDIS_URL")
     if url:
-        return redis.Redis.from_url(url)
+        return client_from_url(url)
     from django_redis import get_redis_connection
 
     alias = conf.get("CACHE_ALIAS")
@@ -37,7 +38,7 @@ def get_async_client() -> redis.asyncio.Redis:
     client = _async_clients.get(loop)
     if client is None:
         url = conf.get("REDIS_URL") or _cache_location(conf.get("CACHE_ALIAS"))
-        client = _async_clients[loop] = redis.asyncio.from_url(url)
+        client = _async_clients[loop] = client_from_url(url, asyncio=True)
     return client
 
 
