@@ -19,6 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from . import conf
+from .addresses import address_settings
 from .enforcement import needs_user
 from .policies import CompiledPolicy, PolicySpec, compile_spec
 
@@ -243,8 +244,13 @@ def check_settings(app_configs=None, **kwargs) -> list[CheckMessage]:
     return errors
 
 
-# conf validates these when it first uses them; report the same messages.
-CONF_VALIDATORS = (conf.key_prefix, conf.key_secret, conf.shard_count)
+# conf and addresses validate these when first used; report the same messages.
+CONF_VALIDATORS = (
+    conf.key_prefix,
+    conf.key_secret,
+    conf.shard_count,
+    address_settings,  # TRUSTED_PROXIES, IPV4_PREFIX, IPV6_PREFIX
+)
 
 
 def _conf_errors() -> list[CheckMessage]:

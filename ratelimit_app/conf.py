@@ -65,6 +65,14 @@ DEFAULTS: dict[str, Any] = {
     "USAGE_OFFENDERS_PER_SHARD": 50,
     # Offender rows kept per policy and hour in the database (the most denied).
     "USAGE_OFFENDERS_KEPT": 100,
+    # Proxies whose X-Forwarded-For to believe: their count in front of Django
+    # (1 behind one load balancer), or a list of their networks. 0 or []:
+    # ignore the header and use REMOTE_ADDR (a client could forge it).
+    "TRUSTED_PROXIES": 0,
+    # Prefix length counting IPv4 clients together (32: each address).
+    "IPV4_PREFIX": 32,
+    # Prefix length counting IPv6 clients together: one host usually owns a /64.
+    "IPV6_PREFIX": 64,
 }
 
 # Bumped when the key layout changes, so old and new releases can run side by

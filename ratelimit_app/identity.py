@@ -9,14 +9,14 @@ from functools import lru_cache
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
+from .addresses import client_network
+
 # A request without the key's value (absent header or parameter) counts in
 # one shared bucket per policy, so omitting the value never bypasses a limit.
 MISSING = "\x00missing"
 
 SIMPLE_KEYS = ("ip", "user", "user_or_ip", "session")
 PREFIXED_KEYS = ("header", "get", "post")
-# IPv6 clients usually own a whole /64: count them as one.
-IPV6_PREFIX = 64
 
 KEY_GRAMMAR = (
     "ip, user, user_or_ip, session, header:<name>, get:<name>, post:<name>, "
@@ -50,31 +50,12 @@ def key_function(key: str) -> Callable[[HttpRequest], str]:
 
 
 def client_ip(request: HttpRequest) -> str:
-    """REMOTE_ADDR, IPv6 grouped by /64; MISSING when absent or malformed."""
-    raw = request.META.get("REMOTE_ADDR", "")
-    if not isinstance(raw, str) or len(raw) > _LONGEST_ADDRESS:
-        return MISSING
-    return normalize_ip(raw)
+    """The client's address, grouped (IPv6 by /64 by default); MISSING when
+    REMOTE_ADDR (or the trusted X-Forwarded-For entry) is absent or malformed.
 
-
-# The longest textual IPv6 address (with an IPv4 tail) plus some spaces;
-# anything longer is no address, and is kept out of the cache below.
-_LONGEST_ADDRESS = 64
-
-
-@lru_cache(maxsize=8192)
-def normalize_ip(raw: str) -> str:
-    """Parse once per distinct address: requests repeat their clients."""
-    try:
-        address = ipaddress.ip_address(raw.strip())
-    except ValueError:
-        return MISSING
-    if address.version == 6:
-        if address.ipv4_mapped:
-            return str(address.ipv4_mapped)
-        network = ipaddress.IPv6Network(f"{address}/{IPV6_PREFIX}", strict=False)
-        return str(network)
-    return str(address)
+    See ``addresses`` for RATELIMIT['TRUSTED_PROXIES'] and the prefixes.
+    """
+    return client_network(request) or MISSING
 
 
 def _user(request: HttpRequest) -> str:
@@ -171,13 +152,14 @@ def display_label(identity: str | bytes | int) -> str:
 
 
 def masked_ip(text: str) -> str:
-    """``203.0.113.x`` for an IPv4 address, the /48 for IPv6, else ""."""
+    """``203.0.113.x`` for an IPv4 address or a /24 or narrower (IPV4_PREFIX),
+    the /48 for IPv6, else ""."""
     try:
         network = ipaddress.ip_network(text, strict=False)
     except ValueError:
         return ""
     if network.version == 4:
-        if network.prefixlen != 32:
+        if network.prefixlen < 24:
             return ""
         head, _, _ = str(network.network_address).rpartition(".")
         return f"{head}.x"
