@@ -73,6 +73,34 @@ DEFAULTS: dict[str, Any] = {
     "IPV4_PREFIX": 32,
     # Prefix length counting IPv6 clients together: one host usually owns a /64.
     "IPV6_PREFIX": 64,
+    # What a policy does when Redis fails, unless it says otherwise: "open"
+    # (allow), "closed" (deny with 503 and Retry-After) or "local" (an
+    # in-process limiter at the policy's fallback rate).
+    "FAIL_MODE": "open",
+    # Clients the "local" fail mode remembers per process (least recently seen
+    # forgotten first, ~200 bytes each); a forgotten client starts afresh.
+    "FALLBACK_MAX_KEYS": 10_000,
+    # Redis errors within BREAKER_WINDOW seconds that open the circuit breaker:
+    # Redis is then not called for BREAKER_COOLDOWN seconds (the fail modes
+    # decide at once), then one request probes it.
+    "BREAKER_THRESHOLD": 5,
+    "BREAKER_WINDOW": 10.0,
+    "BREAKER_COOLDOWN": 2.0,
+    # Seconds between two log lines about the same kind of Redis error.
+    "FAILURE_LOG_INTERVAL": 10.0,
+    # Seconds to open a connection to Redis (a TCP connect and the handshake).
+    "REDIS_CONNECT_TIMEOUT": 0.5,
+    # Seconds to wait for a reply; past it the fail modes decide.
+    "REDIS_SOCKET_TIMEOUT": 0.5,
+    # Extra attempts to open a connection (refused or reset while connecting);
+    # commands are never retried, so a request never consumes twice.
+    "REDIS_CONNECT_RETRIES": 2,
+    # Connections per process (and per event loop for asyncio); past it a
+    # request gets the fail modes at once instead of waiting.
+    "REDIS_MAX_CONNECTIONS": 100,
+    # Seconds a pooled connection may stay idle before a PING checks it on
+    # its next use (0: never).
+    "REDIS_HEALTH_CHECK_INTERVAL": 30,
 }
 
 # Bumped when the key layout changes, so old and new releases can run side by
@@ -139,6 +167,56 @@ def shard_count() -> int:
             f"RATELIMIT['SHARDS'] = {shards!r}: use a positive integer (default 1024)."
         )
     return shards
+
+
+FAIL_MODES = ("open", "closed", "local")
+
+
+def fail_mode() -> str:
+    """The default fail mode of policies and limiter calls."""
+    mode = get("FAIL_MODE")
+    if mode not in FAIL_MODES:
+        raise ImproperlyConfigured(
+            f"RATELIMIT['FAIL_MODE'] = {mode!r}: use one of "
+            f"{', '.join(map(repr, FAIL_MODES))} (default 'open')."
+        )
+    return mode
+
+
+# Numeric settings of the failure handling: (name, smallest allowed, integer).
+_NUMBERS = (
+    ("FALLBACK_MAX_KEYS", 1, True),
+    ("BREAKER_THRESHOLD", 1, True),
+    ("BREAKER_WINDOW", 0.001, False),
+    ("BREAKER_COOLDOWN", 0, False),
+    ("FAILURE_LOG_INTERVAL", 0, False),
+    ("REDIS_CONNECT_TIMEOUT", 0.001, False),
+    ("REDIS_SOCKET_TIMEOUT", 0.001, False),
+    ("REDIS_CONNECT_RETRIES", 0, True),
+    ("REDIS_MAX_CONNECTIONS", 1, True),
+    ("REDIS_HEALTH_CHECK_INTERVAL", 0, False),
+)
+
+
+def number(name: str) -> int | float:
+    """A numeric failure-handling setting, checked against its lower bound."""
+    _, low, integer = next(n for n in _NUMBERS if n[0] == name)
+    value = get(name)
+    kinds = int if integer else (int, float)
+    if not isinstance(value, kinds) or isinstance(value, bool) or value < low:
+        kind = "an integer" if integer else "a number"
+        raise ImproperlyConfigured(
+            f"RATELIMIT[{name!r}] = {value!r}: use {kind} of at least {low} "
+            f"(default {DEFAULTS[name]!r})."
+        )
+    return value
+
+
+def failure_settings() -> None:
+    """Check every failure-handling setting (the system check calls this)."""
+    fail_mode()
+    for name, _, _ in _NUMBERS:
+        number(name)
 
 
 _listeners: list = []

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from functools import cache
+from typing import Any
+from urllib.parse import urlparse
 
 import redis
 import redis.asyncio
@@ -13,15 +16,39 @@ from redis.exceptions import NoScriptError, RedisError
 
 from .. import conf, metrics
 from ..algorithms import Script
+from .connections import command_retry, connection_class
 from .topology import client_from_url
+
+logger = logging.getLogger("ratelimit_app")
+
+
+def client_options(url: str = "", *, asyncio: bool = False) -> dict[str, Any]:
+    """Keyword arguments of every client built from a URL (RATELIMIT's REDIS_*
+    settings): timeouts, pool size, health checks, and no command retries.
+
+    ``connection_class`` (which retries connection setup) is included for
+    redis://, rediss:// and unix:// URLs; Sentinel and Cluster keep their own.
+    """
+    options: dict[str, Any] = {
+        "socket_connect_timeout": conf.number("REDIS_CONNECT_TIMEOUT"),
+        "socket_timeout": conf.number("REDIS_SOCKET_TIMEOUT"),
+        "retry": command_retry(),
+        "max_connections": conf.number("REDIS_MAX_CONNECTIONS"),
+        "health_check_interval": conf.number("REDIS_HEALTH_CHECK_INTERVAL"),
+    }
+    found = connection_class(urlparse(url).scheme, asyncio=asyncio)
+    if found is not None:
+        options["connection_class"] = found
+    return options
 
 
 @cache
 def get_client() -> redis.Redis:
-    """The sync client: RATELIMIT['REDIS_URL'], else the django-redis cache."""
+    """The sync client: RATELIMIT['REDIS_URL'], else the django-redis cache
+    (configured by its own CACHES OPTIONS; see the README)."""
     url = conf.get("REDIS_URL")
     if url:
-        return client_from_url(url)
+        return client_from_url(url, **client_options(url))
     from django_redis import get_redis_connection
 
     alias = conf.get("CACHE_ALIAS")
@@ -38,7 +65,8 @@ def get_async_client() -> redis.asyncio.Redis:
     client = _async_clients.get(loop)
     if client is None:
         url = conf.get("REDIS_URL") or _cache_location(conf.get("CACHE_ALIAS"))
-        client = _async_clients[loop] = client_from_url(url, asyncio=True)
+        options = client_options(url, asyncio=True)
+        client = _async_clients[loop] = client_from_url(url, asyncio=True, **options)
     return client
 
 
@@ -70,15 +98,24 @@ conf.on_change(reset_clients)
 SCRIPT_OPERATION = "decide"
 
 
+def _log_reload() -> None:
+    logger.info(
+        "ratelimit: Redis did not know the decision script (NOSCRIPT: a restart "
+        "or SCRIPT FLUSH); loaded it again"
+    )
+
+
 def run_script(client: redis.Redis, script: Script, keys: list, args: list) -> list:
     """EVALSHA a script; load it once after NOSCRIPT (flush or restart).
 
-    Redis errors are counted (metrics) and propagate.
+    Redis errors are counted (metrics) and propagate. The client never retries
+    a command (``client_options``), so one call runs the script at most once.
     """
     try:
         try:
             return client.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
+            _log_reload()
             client.script_load(script.source)
             return client.evalsha(script.sha, len(keys), *keys, *args)
     except RedisError as exc:
@@ -94,6 +131,7 @@ async def arun_script(
         try:
             return await client.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
+            _log_reload()
             await client.script_load(script.source)
             return await client.evalsha(script.sha, len(keys), *keys, *args)
     except RedisError as exc:
