@@ -16,7 +16,7 @@ import time
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from . import conf
 from .backends.redis import get_async_client, get_client
@@ -111,10 +111,17 @@ def decode(raw: bytes | str) -> tuple[str, list[PolicySpec]]:
         data = json.loads(raw)
         if data.get("format") != SNAPSHOT_FORMAT:
             raise ValueError(f"unknown snapshot format {data.get('format')!r}")
-        specs = [PolicySpec.from_dict(p, "db") for p in data["policies"]]
-        return str(data["token"]), specs
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        token, policies = data["token"], data["policies"]
+        if not isinstance(token, str) or not isinstance(policies, list):
+            raise ValueError("token must be a string and policies a list")
+        return token, [PolicySpec.from_dict(p, "db") for p in policies]
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as exc:
         raise ValueError(f"corrupt policy snapshot: {exc}") from exc
+
+
+def wrong_type(reply: object) -> bool:
+    """A snapshot key holds a list, hash, ... (an accident): rebuild it."""
+    return isinstance(reply, ResponseError) and str(reply).startswith("WRONGTYPE")
 
 
 class PolicyStore:
@@ -162,8 +169,8 @@ class PolicyStore:
         return (
             self.db is not None
             and not self.publish_pending
-            and isinstance(version, bytes)
-            and version.decode() == self.token
+            and self.token is not None
+            and version == self.token.encode()
         )
 
     def _read_version(self):
@@ -177,7 +184,10 @@ class PolicyStore:
             version = read_version()
             if self._is_current(version):
                 return
-            if isinstance(version, RedisError):
+            if wrong_type(version):
+                logger.error("ratelimit: %s; rebuilding the policy snapshot", version)
+                self.publish()
+            elif isinstance(version, RedisError):
                 self._on_redis_error(version)
             elif self.publish_pending or version is None:
                 self.publish()  # Redis restarted empty, or an earlier publish failed
@@ -185,8 +195,18 @@ class PolicyStore:
                 self._load_from_redis()
 
     def _load_from_redis(self) -> None:
+        """Version and data in one MGET (one slot), so a concurrent publish
+        cannot pair one snapshot's version with another's data."""
         try:
-            token, specs = decode(get_client().get(snapshot_keys()[1]) or b"")
+            version, data = get_client().mget(snapshot_keys())
+            if data is None:  # MGET gives None for a key of another type too
+                raise ValueError("corrupt policy snapshot: no data string")
+            token, specs = decode(data)
+            if version != token.encode():
+                raise ValueError(
+                    f"policy snapshot {token!r} does not match its version key "
+                    f"({(version or b'')[:40]!r})"
+                )
         except ValueError as exc:
             logger.error("ratelimit: %s; rebuilding it from the database", exc)
             self.publish()

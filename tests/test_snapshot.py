@@ -225,3 +225,114 @@ def test_an_unavailable_database_is_logged_not_a_500(client, caplog, monkeypatch
         assert statuses(client, "/plain/", 2) == [200, 429]
     assert "cannot read policies from the database" in caplog.text
     assert store.publish_pending
+
+
+# -- a corrupt snapshot in Redis -------------------------------------------------
+
+VALID_POLICY = {"name": "forged", "rate": "1000/m", "path": "/plain/"}
+CORRUPT_DATA = {
+    "garbage bytes": b"\x00\xff\xfe{not json",
+    "empty": b"",
+    "a JSON array": b"[]",
+    "a JSON string": b'"snapshot"',
+    "missing fields": b'{"format": 1}',
+    "another format": json.dumps({"format": 99, "token": "t", "policies": []}),
+    "policies not a list": b'{"format": 1, "token": "t", "policies": "abc"}',
+    "a policy not a dict": b'{"format": 1, "token": "t", "policies": [42]}',
+    "a policy with an unknown field": json.dumps(
+        {"format": 1, "token": "t", "policies": [{**VALID_POLICY, "x": 1}]}
+    ),
+    "a policy with wrong types": json.dumps(
+        {
+            "format": 1,
+            "token": "t",
+            "policies": [{**VALID_POLICY, "priority": "high", "tiers": 7}],
+        }
+    ),
+    "a token that is not a string": json.dumps(
+        {"format": 1, "token": {"a": 1}, "policies": [VALID_POLICY]}
+    ),
+    "deeply nested": b"[" * 100_000,
+    "huge numbers": b'{"format": 1, "token": "t", "policies": [' + b"9" * 5000 + b"]}",
+}
+
+
+def corrupt_and_request(client, redis_client, data=None, version=None):
+    """Statuses of two requests to /plain/ (one DB policy of 1/m) after
+    replacing the stored snapshot's data or version."""
+    Policy.objects.create(name="survivor", rate="1/m", path="/plain/")
+    store.policies()
+    version_key, data_key = snapshot_keys()
+    if data is not None:
+        redis_client.set(data_key, data)
+        redis_client.set(version_key, "tampered")  # every process reloads
+    if version is not None:
+        redis_client.set(version_key, version)
+    return statuses(client, "/plain/", 2)
+
+
+@pytest.mark.parametrize("data", CORRUPT_DATA.values(), ids=CORRUPT_DATA.keys())
+def test_corrupt_snapshot_data_is_rebuilt_never_a_500(
+    client, redis_client, caplog, data
+):
+    with (
+        policies(POLICY_REFRESH_INTERVAL=0),
+        caplog.at_level(logging.ERROR, logger="ratelimit_app"),
+    ):
+        assert corrupt_and_request(client, redis_client, data=data) == [200, 429]
+        assert policy_by_name("forged") is None
+    assert "corrupt policy snapshot" in caplog.text
+    assert stored_policy_names(redis_client) == ["survivor"]
+
+
+@pytest.mark.parametrize(
+    "version", [b"\xff\xfe\x00", b"", b"x" * 100_000], ids=["bytes", "empty", "long"]
+)
+def test_a_garbage_version_token_is_replaced_never_a_500(client, redis_client, version):
+    with policies(POLICY_REFRESH_INTERVAL=0):
+        assert corrupt_and_request(client, redis_client, version=version) == [
+            200,
+            429,
+        ]
+        assert_consistent(redis_client)
+
+
+def test_a_version_token_that_names_other_data_is_republished(client, redis_client):
+    """The version key says one token, the data carries another (a partial
+    restore, a hand edit): the process republishes instead of reloading the
+    data at every check."""
+    with policies(POLICY_REFRESH_INTERVAL=0):
+        assert corrupt_and_request(client, redis_client, version="stale") == [200, 429]
+        assert_consistent(redis_client)
+        token = store.token
+        assert statuses(client, "/plain/", 2) == [429, 429]
+        assert store.token == token  # settled: no republish at every check
+
+
+@pytest.mark.parametrize(
+    ("index", "logged"),
+    [(0, "WRONGTYPE"), (1, "no data string")],
+    ids=["version", "data"],
+)
+def test_a_snapshot_key_of_the_wrong_type_is_replaced(
+    client, redis_client, caplog, index, logged
+):
+    with policies(POLICY_REFRESH_INTERVAL=0):
+        Policy.objects.create(name="survivor", rate="1/m", path="/plain/")
+        store.policies()
+        key = snapshot_keys()[index]
+        redis_client.delete(key)
+        redis_client.rpush(key, "not", "a", "string")
+        if index == 1:
+            redis_client.set(snapshot_keys()[0], "tampered")
+        with caplog.at_level(logging.ERROR, logger="ratelimit_app"):
+            assert statuses(client, "/plain/", 2) == [200, 429]
+        assert_consistent(redis_client)
+    assert stored_policy_names(redis_client) == ["survivor"]
+    assert logged in caplog.text
+
+
+def assert_consistent(redis_client) -> None:
+    version_key, data_key = snapshot_keys()
+    stored = json.loads(redis_client.get(data_key))
+    assert redis_client.get(version_key).decode() == stored["token"] == store.token
