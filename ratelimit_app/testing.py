@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,33 +78,62 @@ def embedded_redis_binary() -> str:
 
 
 class RedisServer:
-    """A private redis-server on a free loopback port, stopped by its PID."""
+    """A private redis-server on a free loopback port, stopped by its PID.
 
-    def __init__(self, binary: str | None = None, port: int | None = None) -> None:
+    ``args`` are extra command-line options (``["--cluster-enabled", "yes"]``);
+    ``config`` is the text of a config file written to the server's directory
+    and passed first (Sentinel needs a file it can rewrite).
+    """
+
+    def __init__(
+        self,
+        binary: str | None = None,
+        port: int | None = None,
+        args: Sequence[str] = (),
+        config: str | None = None,
+    ) -> None:
         self.binary = binary or redis_server_binary()
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="ratelimit-redis-")
+        self.extra_args = list(args)
+        self.config = config
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def log(self) -> Path:
+        return Path(self.dir, "redis.log")
+
     def start(self, timeout: float = 10.0) -> RedisServer:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args = [self.binary]
+        if self.config is not None:
+            config = Path(self.dir, "redis.conf")
+            config.write_text(self.config)
+            args.append(str(config))
+        args += ["--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "no", "--dir", self.dir]
-        args += ["--logfile", str(Path(self.dir, "redis.log"))]
+        args += ["--logfile", str(self.log), *self.extra_args]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while not redis_answers(self.url, 0.2):
             if self.process.poll() is not None or time.monotonic() > deadline:
+                log = self.log.read_text() if self.log.exists() else ""
                 self.stop()
                 raise RuntimeError(
                     f"redis-server ({self.binary}) did not start on port "
-                    f"{self.port}; see {self.dir}/redis.log"
+                    f"{self.port}; its log ends:\n{log[-800:]}"
                 )
             time.sleep(0.05)
         return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no shutdown, nothing flushed."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

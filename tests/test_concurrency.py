@@ -5,8 +5,8 @@ from __future__ import annotations
 import multiprocessing
 
 import pytest
-import redis
 
+from ratelimit_app.backends.topology import client_from_url
 from ratelimit_app.limiter import Limiter
 from ratelimit_app.testing import ManualClock
 from ratelimit_app.types import ALGORITHMS
@@ -20,7 +20,7 @@ NOON_MS = 1_700_000_000_000 - 1_700_000_000_000 % 86_400_000 + 43_200_000
 
 def attempt_many(url, prefix, algorithm, barrier, results):
     """Runs in a child process with its own connection."""
-    client = redis.Redis.from_url(url)
+    client = client_from_url(url)  # any topology: standalone, Sentinel, Cluster
     limiter = Limiter(
         client=client,
         prefix=prefix,
@@ -37,15 +37,15 @@ def attempt_many(url, prefix, algorithm, barrier, results):
     results.put(admitted)
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_eight_processes_admit_exactly_the_limit(redis_url, key_prefix, algorithm):
+def admitted_by_processes(url: str, prefix: str, algorithm: str) -> list[int]:
+    """What each of PROCESSES processes hitting one key got admitted."""
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(PROCESSES)
     results = context.Queue()
     workers = [
         context.Process(
             target=attempt_many,
-            args=(redis_url, key_prefix, algorithm, barrier, results),
+            args=(url, prefix, algorithm, barrier, results),
         )
         for _ in range(PROCESSES)
     ]
@@ -55,5 +55,11 @@ def test_eight_processes_admit_exactly_the_limit(redis_url, key_prefix, algorith
     for worker in workers:
         worker.join(timeout=10)
         assert worker.exitcode == 0
+    return admitted
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_eight_processes_admit_exactly_the_limit(redis_url, key_prefix, algorithm):
+    admitted = admitted_by_processes(redis_url, key_prefix, algorithm)
     assert sum(admitted) == 100
     assert len(admitted) == PROCESSES

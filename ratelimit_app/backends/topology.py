@@ -10,8 +10,8 @@ Accepted URLs (the schemes the ``limits`` library uses)::
 
 Query parameters become client options with redis-py's own parsers
 (``?socket_timeout=0.5&ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem``;
-``ssl=true`` turns TLS on for Sentinel and Cluster). Keyword options passed
-to ``client_from_url`` win over the URL's.
+``ssl=true`` turns TLS on for Sentinel and Cluster). As in redis-py's
+``from_url``, the URL's query wins over keyword options.
 """
 
 from __future__ import annotations
@@ -27,14 +27,22 @@ import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
 from django.core.exceptions import ImproperlyConfigured
-from redis.connection import URL_QUERY_ARGUMENT_PARSERS, to_bool
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.exceptions import NoScriptError, RedisError
 
 STANDALONE_SCHEMES = ("redis", "rediss", "unix")
 SENTINEL_SCHEME = "redis+sentinel"
 CLUSTER_SCHEME = "redis+cluster"
 DEFAULT_PORTS = {SENTINEL_SCHEME: 26379, CLUSTER_SCHEME: 6379, "redis": 6379}
-QUERY_PARSERS = {**URL_QUERY_ARGUMENT_PARSERS, "ssl": to_bool}
+BOOLEANS = {"true": True, "yes": True, "on": True, "1": True}
+BOOLEANS |= {"false": False, "no": False, "off": False, "0": False}
+
+
+def _boolean(value: str) -> bool:
+    return BOOLEANS[value.lower()]  # KeyError: reported as an invalid value
+
+
+QUERY_PARSERS = {**URL_QUERY_ARGUMENT_PARSERS, "ssl": _boolean}
 # Options that also apply to the connections to the sentinels themselves.
 SENTINEL_SHARED_OPTIONS = ("socket_timeout", "socket_connect_timeout", "ssl")
 
@@ -183,7 +191,7 @@ def _query_options(url: str, query: str) -> dict[str, Any]:
         parser = QUERY_PARSERS.get(name)
         try:
             options[name] = parser(value) if parser else value
-        except (TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise _bad(url, f"invalid value {value!r} for {name!r}") from exc
     return options
 
@@ -191,7 +199,7 @@ def _query_options(url: str, query: str) -> dict[str, Any]:
 def _cluster(parsed: ParsedURL, asyncio: bool, options: dict):
     if parsed.path:
         raise _bad_parsed(parsed, "a cluster URL takes no path (only database 0)")
-    kwargs = {**parsed.options, **options}
+    kwargs = {**options, **parsed.options}
     if kwargs.pop("db", 0) != 0:
         raise _bad_parsed(parsed, "Redis Cluster has only database 0")
     if asyncio:
@@ -203,7 +211,7 @@ def _cluster(parsed: ParsedURL, asyncio: bool, options: dict):
 
 def _sentinel(parsed: ParsedURL, asyncio: bool, options: dict):
     service, db = _service_and_db(parsed)
-    kwargs = {**parsed.options, **options}
+    kwargs = {**options, **parsed.options}
     kwargs["db"] = kwargs.get("db", db)
     sentinel_kwargs = kwargs.pop("sentinel_kwargs", None)
     if sentinel_kwargs is None:  # by default the sentinels share the credentials
