@@ -107,7 +107,7 @@ class PolicyAdmin(admin.ModelAdmin):
         (_("The limit"), {"fields": ("rate", "algorithm", "burst", "cost")}),
         (
             _("When blocked, and when Redis fails"),
-            {"fields": ("status_code", "message", "fail_mode")},
+            {"fields": ("status_code", "message", "fail_mode", "fallback_rate")},
         ),
     )
 

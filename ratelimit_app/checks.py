@@ -250,6 +250,7 @@ CONF_VALIDATORS = (
     conf.key_secret,
     conf.shard_count,
     address_settings,  # TRUSTED_PROXIES, IPV4_PREFIX, IPV6_PREFIX
+    conf.failure_settings,  # FAIL_MODE, breaker, fallback and REDIS_* client
 )
 
 
@@ -443,7 +444,7 @@ def field_problem(spec: PolicySpec) -> str | None:
         return "name must not be empty"
     from .models import FailMode  # the app registry is ready when checks run
 
-    if spec.fail_mode not in FailMode.values:
+    if spec.fail_mode and spec.fail_mode not in FailMode.values:
         choices = ", ".join(FailMode.values)
         return f"fail_mode must be one of {choices}, not {spec.fail_mode!r}"
     if not 400 <= spec.status_code <= 599:

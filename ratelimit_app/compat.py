@@ -21,6 +21,7 @@ from django.utils.module_loading import import_string
 from redis.exceptions import RedisError
 
 from . import conf, identity, limiter
+from .fallback import is_fallback
 from .headers import whole_seconds
 from .rates import Rate
 from .types import Decision
@@ -134,15 +135,24 @@ def measure(scope: str, client, parsed: Parsed, increment: bool) -> dict | None:
             "time_left": whole_seconds(seconds),
         }
     rate = Rate(count, round(seconds * 1000))
-    run = limiter.hit if increment else limiter.peek
     try:
-        return usage_of(run(scope, client, rate, algorithm=ALGORITHM))
+        if increment:  # django-ratelimit's own failure answers, below
+            decision = limiter.hit(scope, client, rate, algorithm=ALGORITHM)
+        else:
+            decision = limiter.peek(scope, client, rate, algorithm=ALGORITHM)
     except RedisError:
-        if getattr(settings, "RATELIMIT_FAIL_OPEN", False):
-            return None
-        return {"count": 0, "limit": 0, "should_limit": True, "time_left": -1}
+        return redis_failed()
     except ValueError as exc:  # the engine's own bounds, e.g. a huge rate
         raise ImproperlyConfigured(f"Ratelimit rate {parsed!r}: {exc}") from exc
+    return redis_failed() if is_fallback(decision) else usage_of(decision)
+
+
+def redis_failed() -> dict | None:
+    """django-ratelimit's answer when the cache fails: closed, unless
+    RATELIMIT_FAIL_OPEN."""
+    if getattr(settings, "RATELIMIT_FAIL_OPEN", False):
+        return None
+    return {"count": 0, "limit": 0, "should_limit": True, "time_left": -1}
 
 
 def usage_of(decision: Decision) -> dict:

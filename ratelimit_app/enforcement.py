@@ -223,7 +223,9 @@ def check(request, policies, cost=None, *, consume: bool = True) -> Outcome:
     applied, items = build_rules(request, policies, cost)
     if not items:
         return Outcome()
-    decisions = limiter.default_limiter().decide(items, "hit" if consume else "peek")
+    mode = "hit" if consume else "peek"
+    fail_modes = [policy.fallback for policy in applied]
+    decisions = limiter.default_limiter().decide(items, mode, fail_mode=fail_modes)
     return report(request, Outcome(applied, decisions, [spec for spec, _ in items]))
 
 
@@ -236,7 +238,10 @@ async def acheck(request, policies, cost=None, *, consume: bool = True) -> Outco
     if not items:
         return Outcome()
     mode = "hit" if consume else "peek"
-    decisions = await limiter.default_limiter().adecide(items, mode)
+    fail_modes = [policy.fallback for policy in applied]
+    decisions = await limiter.default_limiter().adecide(
+        items, mode, fail_mode=fail_modes
+    )
     return report(request, Outcome(applied, decisions, [spec for spec, _ in items]))
 
 

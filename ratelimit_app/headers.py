@@ -21,7 +21,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 from django.utils.module_loading import import_string
 
-from . import conf
+from . import conf, fallback
 from .enforcement import Outcome
 from .exceptions import RateLimitExceeded
 from .rates import Rate
@@ -111,9 +111,12 @@ def blocked_response(request: HttpRequest, outcome: Outcome) -> HttpResponse:
 
 
 def default_response(request: HttpRequest, outcome: Outcome) -> HttpResponse:
-    policy = outcome.blocking[0][0]
-    message = policy.spec.message or DEFAULT_MESSAGE
-    status = policy.spec.status_code
+    policy, decision = outcome.blocking[0]
+    if decision.reason == fallback.REASONS[fallback.CLOSED]:  # Redis failed
+        message, status = fallback.CLOSED_MESSAGE, fallback.CLOSED_STATUS
+    else:
+        message = policy.spec.message or DEFAULT_MESSAGE
+        status = policy.spec.status_code
     retry = outcome.retry_after
     body = {
         "detail": message,

@@ -6,10 +6,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
-from . import conf, usage
+from . import conf, fallback, usage
 from .algorithms import REPLY_FIELDS, Script, script_for
 from .backends.redis import arun_script, get_async_client, get_client, run_script
 from .backends.topology import is_cluster
+from .breaker import CircuitBreaker
+from .fallback import FailMode
 from .identity import display_label
 from .keys import ALGORITHM_CODES, identity_base, key_suffix, rule_key
 from .rates import Rate
@@ -95,6 +97,7 @@ class Limiter:
         # Usage counters' TTL in ms; "" tells the script not to count.
         self.usage_ttl = usage.ttl_seconds() * 1000 if conf.get("COUNT_USAGE") else ""
         self.offenders_kept = usage.offenders_per_shard()
+        self.breaker = CircuitBreaker.from_settings()
 
     @property
     def client(self):
@@ -159,20 +162,35 @@ class Limiter:
 
     # -- sync API --------------------------------------------------------------
 
-    def hit_many(self, rules: Iterable[Rule]) -> list[Decision]:
+    def hit_many(
+        self, rules: Iterable[Rule], *, fail_mode: FailMode = None
+    ) -> list[Decision]:
         """Consume from every rule, or from none if any enforcing rule denies."""
-        return self.decide(_items(rules), "hit")
+        return self.decide(_items(rules), "hit", fail_mode=fail_mode)
 
     def peek_many(self, rules: Iterable[Rule]) -> list[Decision]:
         """Would every rule pass at its cost? Consumes nothing."""
         return self.decide(_items(rules), "peek")
 
     def decide(
-        self, items: Sequence[tuple[RuleSpec, Identity]], mode: str = "hit"
+        self,
+        items: Sequence[tuple[RuleSpec, Identity]],
+        mode: str = "hit",
+        *,
+        fail_mode: FailMode = None,
     ) -> list[Decision]:
-        """Evaluate prepared (spec, identity) pairs in one call (the hot path)."""
+        """Evaluate prepared (spec, identity) pairs in one call (the hot path).
+
+        When Redis fails, ``fail_mode`` decides (one per item, or one for all;
+        default RATELIMIT['FAIL_MODE']): see ``fallback``.
+        """
         if not items:
             return []
+        return fallback.guard(
+            lambda: self._decide(items, mode), items, mode, fail_mode, self.breaker
+        )
+
+    def _decide(self, items, mode: str) -> list[Decision]:
         client = self.client
         if is_cluster(client) and _several_identities(items):
             return self._decide_per_identity(client, items, mode)
@@ -202,13 +220,19 @@ class Limiter:
         algorithm: str = "gcra",
         cost: int = 1,
         burst: int | None = None,
+        fail_mode: FailMode = None,
     ) -> Decision:
         """Consume ``cost`` units of ``rate`` for ``identity`` within ``scope``."""
         spec, keys, args = self._prepare_one(
             scope, identity, rate, algorithm, cost, burst, "hit"
         )
-        reply = run_script(self.client, spec.script, keys, args)
-        return to_decision(reply, 0, spec.capacity, scope, False)
+
+        def call():
+            reply = run_script(self.client, spec.script, keys, args)
+            return [to_decision(reply, 0, spec.capacity, scope, False)]
+
+        items = [(spec, identity)]
+        return fallback.guard(call, items, "hit", fail_mode, self.breaker)[0]
 
     def peek(
         self,
@@ -232,17 +256,28 @@ class Limiter:
 
     # -- async API -------------------------------------------------------------
 
-    async def ahit_many(self, rules: Iterable[Rule]) -> list[Decision]:
-        return await self.adecide(_items(rules), "hit")
+    async def ahit_many(
+        self, rules: Iterable[Rule], *, fail_mode: FailMode = None
+    ) -> list[Decision]:
+        return await self.adecide(_items(rules), "hit", fail_mode=fail_mode)
 
     async def apeek_many(self, rules: Iterable[Rule]) -> list[Decision]:
         return await self.adecide(_items(rules), "peek")
 
     async def adecide(
-        self, items: Sequence[tuple[RuleSpec, Identity]], mode: str = "hit"
+        self,
+        items: Sequence[tuple[RuleSpec, Identity]],
+        mode: str = "hit",
+        *,
+        fail_mode: FailMode = None,
     ) -> list[Decision]:
         if not items:
             return []
+        return await fallback.aguard(
+            lambda: self._adecide(items, mode), items, mode, fail_mode, self.breaker
+        )
+
+    async def _adecide(self, items, mode: str) -> list[Decision]:
         client = self.async_client
         if is_cluster(client) and _several_identities(items):
             return await self._adecide_per_identity(client, items, mode)
@@ -268,12 +303,18 @@ class Limiter:
         algorithm: str = "gcra",
         cost: int = 1,
         burst: int | None = None,
+        fail_mode: FailMode = None,
     ) -> Decision:
         spec, keys, args = self._prepare_one(
             scope, identity, rate, algorithm, cost, burst, "hit"
         )
-        reply = await arun_script(self.async_client, spec.script, keys, args)
-        return to_decision(reply, 0, spec.capacity, scope, False)
+
+        async def call():
+            reply = await arun_script(self.async_client, spec.script, keys, args)
+            return [to_decision(reply, 0, spec.capacity, scope, False)]
+
+        items = [(spec, identity)]
+        return (await fallback.aguard(call, items, "hit", fail_mode, self.breaker))[0]
 
     async def apeek(
         self,
@@ -361,10 +402,18 @@ def default_limiter() -> Limiter:
 conf.on_change(default_limiter.cache_clear)
 
 
-def hit(scope, identity, rate, *, algorithm="gcra", cost=1, burst=None) -> Decision:
+def hit(
+    scope, identity, rate, *, algorithm="gcra", cost=1, burst=None, fail_mode=None
+) -> Decision:
     """Consume ``cost`` units of ``rate`` for ``identity`` within ``scope``."""
     return default_limiter().hit(
-        scope, identity, rate, algorithm=algorithm, cost=cost, burst=burst
+        scope,
+        identity,
+        rate,
+        algorithm=algorithm,
+        cost=cost,
+        burst=burst,
+        fail_mode=fail_mode,
     )
 
 
@@ -380,9 +429,9 @@ def reset(scope: str, identity: Identity) -> None:
     default_limiter().reset(scope, identity)
 
 
-def hit_many(rules: Iterable[Rule]) -> list[Decision]:
+def hit_many(rules: Iterable[Rule], *, fail_mode=None) -> list[Decision]:
     """All-or-nothing: consume from every rule, or from none."""
-    return default_limiter().hit_many(rules)
+    return default_limiter().hit_many(rules, fail_mode=fail_mode)
 
 
 def peek_many(rules: Iterable[Rule]) -> list[Decision]:
@@ -390,9 +439,17 @@ def peek_many(rules: Iterable[Rule]) -> list[Decision]:
     return default_limiter().peek_many(rules)
 
 
-async def ahit(scope, identity, rate, *, algorithm="gcra", cost=1, burst=None):
+async def ahit(
+    scope, identity, rate, *, algorithm="gcra", cost=1, burst=None, fail_mode=None
+):
     return await default_limiter().ahit(
-        scope, identity, rate, algorithm=algorithm, cost=cost, burst=burst
+        scope,
+        identity,
+        rate,
+        algorithm=algorithm,
+        cost=cost,
+        burst=burst,
+        fail_mode=fail_mode,
     )
 
 
@@ -406,8 +463,8 @@ async def areset(scope: str, identity: Identity) -> None:
     await default_limiter().areset(scope, identity)
 
 
-async def ahit_many(rules: Iterable[Rule]) -> list[Decision]:
-    return await default_limiter().ahit_many(rules)
+async def ahit_many(rules: Iterable[Rule], *, fail_mode=None) -> list[Decision]:
+    return await default_limiter().ahit_many(rules, fail_mode=fail_mode)
 
 
 async def apeek_many(rules: Iterable[Rule]) -> list[Decision]:

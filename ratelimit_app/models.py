@@ -13,6 +13,7 @@ from django.utils.translation import gettext_lazy as _
 
 from . import identity
 from .policies import HTTP_METHODS, split_methods
+from .rates import parse_rate
 from .types import ALGORITHMS, Rule
 
 
@@ -168,7 +169,19 @@ class Policy(models.Model):
         _("when Redis fails"),
         max_length=10,
         choices=FailMode.choices,
-        default=FailMode.OPEN,
+        blank=True,
+        default="",
+        help_text=_(
+            "Blank: RATELIMIT['FAIL_MODE'] (default open). Closed answers 503 with Retry-After; local limits in each process at the fallback rate."
+        ),
+    )
+    fallback_rate = models.CharField(
+        _("fallback rate"),
+        max_length=50,
+        blank=True,
+        help_text=_(
+            "The local fail mode's rate per process, e.g. 20/m; blank: the policy's own rate."
+        ),
     )
     status_code = models.PositiveSmallIntegerField(
         _("status code"),
@@ -202,6 +215,8 @@ class Policy(models.Model):
             check_rate(
                 self.rate, self.algorithm, self.burst, self.cost or 1, field="rate"
             )
+        if self.fallback_rate:
+            check_fallback_rate(self.fallback_rate)
 
 
 def check_rate(
@@ -213,6 +228,13 @@ def check_rate(
     except ValueError as exc:
         target = "burst" if "burst" in str(exc) else field
         raise ValidationError({target: str(exc)}) from exc
+
+
+def check_fallback_rate(rate: str) -> None:
+    try:
+        parse_rate(rate)
+    except ValueError as exc:
+        raise ValidationError({"fallback_rate": str(exc)}) from exc
 
 
 class Exemption(models.Model):

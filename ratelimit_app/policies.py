@@ -10,6 +10,7 @@ from functools import lru_cache
 from typing import Any
 
 from . import identity
+from .fallback import DEFAULT, Fallback, fallback_of
 from .limiter import RuleSpec, spec_of
 from .rates import Rate, to_rate
 from .types import Rule
@@ -42,7 +43,10 @@ class PolicySpec:
     path: str = ""
     path_regex: str = ""
     methods: str = ""
-    fail_mode: str = "open"
+    # "open", "closed" or "local"; blank: RATELIMIT['FAIL_MODE'].
+    fail_mode: str = ""
+    # The "local" fail mode's rate; blank: the policy's own rate.
+    fallback_rate: str = ""
     status_code: int = 429
     message: str = ""
     description: str = ""
@@ -88,6 +92,7 @@ _STR_FIELDS = frozenset(
         "path_regex",
         "methods",
         "fail_mode",
+        "fallback_rate",
         "message",
         "description",
     ]
@@ -95,7 +100,6 @@ _STR_FIELDS = frozenset(
 _INT_FIELDS = frozenset({"cost", "priority", "status_code", "burst"})
 _BOOL_FIELDS = frozenset({"enabled", "exempt_staff"})
 _LIST_FIELDS = frozenset({"exempt_networks", "exempt_users", "exempt_groups", "tiers"})
-FAIL_MODES = ("open", "closed", "local")
 
 
 def _check_types(data: dict) -> None:
@@ -134,6 +138,8 @@ class CompiledPolicy:
     networks: tuple = ()
     tiers: tuple[Tier, ...] = ()
     identify: Any = field(default=None, repr=False)
+    # What the policy does when Redis fails (mode "" is RATELIMIT['FAIL_MODE']).
+    fallback: Fallback = DEFAULT
 
     @property
     def name(self) -> str:
@@ -219,8 +225,7 @@ def compile_spec(spec: PolicySpec) -> CompiledPolicy:
         raise ValueError(f"unknown HTTP method(s) {', '.join(bad)}")
     if spec.mode not in ("enforce", "shadow"):
         raise ValueError(f"mode must be 'enforce' or 'shadow', not {spec.mode!r}")
-    if spec.fail_mode not in FAIL_MODES:
-        raise ValueError(f"fail_mode must be one of {', '.join(FAIL_MODES)}")
+    fallback = compile_fallback(spec)
     if not 400 <= spec.status_code <= 599:
         raise ValueError(f"status_code must be 400-599, not {spec.status_code}")
     try:
@@ -243,7 +248,19 @@ def compile_spec(spec: PolicySpec) -> CompiledPolicy:
         ),
         tiers=tiers,
         identify=identity.key_function(spec.key),
+        fallback=fallback,
     )
+
+
+def compile_fallback(spec: PolicySpec) -> Fallback:
+    """The policy's fail mode and fallback rate; ValueError says what is wrong."""
+    try:
+        rate = to_rate(spec.fallback_rate) if spec.fallback_rate else None
+    except ValueError as exc:
+        raise ValueError(f"fallback_rate: {exc}") from exc
+    if not spec.fail_mode:
+        return Fallback("", rate)
+    return fallback_of(spec.fail_mode, rate)
 
 
 def compile_all(layers: dict[str, list[PolicySpec]]) -> tuple[CompiledPolicy, ...]:

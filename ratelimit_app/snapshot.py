@@ -88,6 +88,7 @@ def row_to_spec(row) -> PolicySpec:
         path_regex=row.path_regex,
         methods=row.methods,
         fail_mode=row.fail_mode,
+        fallback_rate=row.fallback_rate,
         status_code=row.status_code,
         message=row.message,
         description=row.description,

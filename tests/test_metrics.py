@@ -166,24 +166,26 @@ def test_record_fallback_counts_by_policy_and_mode(name):
     assert value(FALLBACKS, policy=name, mode="local") == 0
 
 
-def test_a_redis_connection_error_is_counted_and_still_raised():
+def test_a_redis_connection_error_is_counted_and_the_fail_mode_decides():
     client = redis.Redis.from_url(closed_port_url(), socket_connect_timeout=1)
     limiter = Limiter(client=client, prefix="rlt-metrics:", secret=b"x" * 16)
     labels = {"operation": "decide", "error": "ConnectionError"}
     before = value(REDIS_ERRORS, **labels)
-    with pytest.raises(redis.exceptions.ConnectionError):
-        limiter.hit("errors", "client", "5/m")
+    fallbacks = value(FALLBACKS, policy="errors", mode="closed")
+    decision = limiter.hit("errors", "client", "5/m", fail_mode="closed")
+    assert decision.reason == "fallback_closed"
     assert value(REDIS_ERRORS, **labels) - before == 1
+    assert value(FALLBACKS, policy="errors", mode="closed") - fallbacks == 1
     client.close()
 
 
-async def test_an_async_redis_connection_error_is_counted_and_still_raised():
+async def test_an_async_redis_connection_error_is_counted_and_the_fail_mode_decides():
     client = redis.asyncio.from_url(closed_port_url(), socket_connect_timeout=1)
     limiter = Limiter(async_client=client, prefix="rlt-metrics:", secret=b"x" * 16)
     labels = {"operation": "decide", "error": "ConnectionError"}
     before = value(REDIS_ERRORS, **labels)
-    with pytest.raises(redis.exceptions.ConnectionError):
-        await limiter.ahit("errors", "client", "5/m")
+    decision = await limiter.ahit("errors", "client", "5/m", fail_mode="open")
+    assert (decision.allowed, decision.reason) == (True, "fallback_open")
     assert value(REDIS_ERRORS, **labels) - before == 1
     await client.aclose()
 
