@@ -218,6 +218,10 @@ class PolicyAdmin(admin.ModelAdmin):
             "policy_row": row,
             "unknown_policy": Truncator(chosen).chars(100) if unknown else "",
             "charts": dashboard.build_charts(policy, now),
+            "clients_charts": (
+                dashboard.build_clients_charts(policy, now) if policy else []
+            ),
+            "offender_tables": dashboard.build_offender_tables(policy, now),
             "legend": charts.legend(),
         }
         request.current_app = self.admin_site.name

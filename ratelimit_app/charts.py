@@ -9,14 +9,21 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 
-from .stats import Bucket, as_utc
+from .stats import Bucket, Distinct, as_utc
 
 # Drawing area in viewBox units; the SVG scales to its container's width.
 WIDTH, HEIGHT = 760, 220
 LEFT, RIGHT, TOP, BOTTOM = 56, 8, 12, 28
 # Per bucket: the stacked allowed+blocked bar, then the shadow bar beside it.
 STACK_SHARE, SHADOW_SHARE = 0.55, 0.25
-COLORS = {"allowed": "#5b9b3f", "blocked": "#c4352b", "shadow_blocked": "#e0a526"}
+COLORS = {
+    "allowed": "#5b9b3f",
+    "blocked": "#c4352b",
+    "shadow_blocked": "#e0a526",
+    "distinct_clients": "#3f6f9b",
+}
+# A one-series chart's bar share of its slot.
+SINGLE_SHARE = 0.7
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,49 @@ def bar_chart(buckets: Sequence[Bucket], axis: Axis, title: str) -> SafeString:
         _y_axis(top),
         _x_axis(buckets, axis, slot),
         mark_safe("".join(groups)),
+    )
+
+
+def clients_chart(points: Sequence[Distinct], axis: Axis, title: str) -> SafeString:
+    """An SVG of distinct clients per period: one bar each, its number in
+    ``data-clients`` and a ``<title>`` tooltip. ``title`` is escaped."""
+    top = nice_ceiling(max((p.clients for p in points), default=0))
+    slot = (WIDTH - LEFT - RIGHT) / max(len(points), 1)
+    bars = [_clients_bar(p, i, slot, top, axis) for i, p in enumerate(points)]
+    return format_html(
+        '<svg xmlns="http://www.w3.org/2000/svg" class="usage-chart clients-chart" '
+        'role="img" viewBox="0 0 {} {}" width="100%" '
+        'preserveAspectRatio="xMidYMid meet" data-max="{}"><title>{}</title>'
+        "{}{}{}</svg>",
+        WIDTH,
+        HEIGHT,
+        top,
+        title,
+        _y_axis(top),
+        _x_axis(points, axis, slot),
+        mark_safe("".join(bars)),
+    )
+
+
+def _clients_bar(point: Distinct, index: int, slot: float, top: int, axis: Axis):
+    height = _height(point.clients, top)
+    start = as_utc(point.start)
+    tooltip = _("%(start)s: %(clients)d distinct clients") % {
+        "start": start.strftime(axis.title_format),
+        "clients": point.clients,
+    }
+    return format_html(
+        '<g class="bucket clients" data-period="{}" data-clients="{}"><title>{}</title>{}</g>',
+        start.isoformat(),
+        point.clients,
+        tooltip,
+        _rect(
+            "distinct_clients",
+            LEFT + index * slot + slot * (1 - SINGLE_SHARE) / 2,
+            HEIGHT - BOTTOM - height,
+            slot * SINGLE_SHARE,
+            height,
+        ),
     )
 
 
@@ -162,7 +212,7 @@ def _y_axis(top: int) -> SafeString:
     return mark_safe("".join(lines))
 
 
-def _x_axis(buckets: Sequence[Bucket], axis: Axis, slot: float) -> SafeString:
+def _x_axis(buckets: Sequence[Bucket | Distinct], axis: Axis, slot: float):
     """A label under every ``axis.label_every``-th bucket, counted from the
     newest, so the current period is always labelled."""
     labels = []

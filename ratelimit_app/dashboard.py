@@ -92,6 +92,61 @@ def build_charts(policy: str | None, now: datetime | None = None) -> list[Chart]
     return result
 
 
+@dataclass(frozen=True)
+class ClientsChart:
+    """Distinct clients of one policy over one range (never summed)."""
+
+    range: Range
+    points: list[stats.Distinct]
+
+    @cached_property
+    def svg(self) -> SafeString:
+        return charts.clients_chart(self.points, self.range.axis, str(self.range.title))
+
+
+def build_clients_charts(
+    policy: str, now: datetime | None = None
+) -> list[ClientsChart]:
+    """Every range's distinct clients of ``policy`` (one policy: clients of
+    different policies cannot be added up)."""
+    now = now if now is not None else clock()
+    result = []
+    for chart_range in RANGES:
+        since, until = chart_range.window(now)
+        points = stats.distinct_clients(policy, chart_range.period, since, until)
+        result.append(ClientsChart(chart_range, points))
+    return result
+
+
+# The ranges whose top offenders the page lists (offenders are kept per hour).
+OFFENDER_RANGES = {"day": _("Last 24 hours"), "month": _("Last 30 days")}
+TOP_OFFENDERS = 10
+
+
+@dataclass(frozen=True)
+class OffenderTable:
+    range: Range
+    title: str
+    since: datetime
+    until: datetime
+    offenders: list[stats.Offender]
+
+
+def build_offender_tables(
+    policy: str | None, now: datetime | None = None
+) -> list[OffenderTable]:
+    """The most denied clients of ``policy`` (None: any policy) per range."""
+    now = now if now is not None else clock()
+    tables = []
+    for chart_range in RANGES:
+        if chart_range.slug in OFFENDER_RANGES:
+            since, until = chart_range.window(now)
+            top = stats.top_offenders(policy, since, until, limit=TOP_OFFENDERS)
+            title = OFFENDER_RANGES[chart_range.slug]
+            tables.append(OffenderTable(chart_range, title, since, until, top))
+    return tables
+
+
 def policy_names(now: datetime | None = None) -> list[str]:
     """Names to choose from: policy rows, and every policy with usage rows in
     the longest range (settings and code policies, deleted ones)."""

@@ -400,3 +400,113 @@ def test_no_dashboard_link_without_the_usage_permissions(client, django_user_mod
     response = client.get(reverse("admin:ratelimit_app_policy_changelist"))
     assert response.status_code == 200
     assert b'id="usage-dashboard-link"' not in response.content
+
+
+# -- distinct clients and top offenders ----------------------------------------------
+
+
+class SectionParser(HTMLParser):
+    """Distinct-client bars per range, and offender rows per table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clients: dict[str, list[tuple[datetime, int]]] = {}
+        self.offenders: dict[str, list[tuple[str, int]]] = {}
+        self.current: list | None = None
+        self.row: dict | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "div" and attrs.get("id", "").startswith("clients-"):
+            self.current = self.clients[attrs["data-range"]] = []
+        elif tag == "g" and attrs.get("class") == "bucket clients":
+            start = datetime.fromisoformat(attrs["data-period"])
+            self.current.append((start, int(attrs["data-clients"])))
+        elif tag == "table" and attrs.get("class") == "offenders":
+            self.current = self.offenders[attrs["id"].split("-", 1)[1]] = []
+        elif tag == "tr" and attrs.get("class") == "offender":
+            self.row = {"blocked": int(attrs["data-blocked"]), "label": ""}
+            self.current.append(self.row)
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self.row is not None and "done" not in self.row:
+            self.row["done"] = True  # the first cell holds the label
+
+    def handle_data(self, data):
+        if self.row is not None and "done" not in self.row:
+            self.row["label"] += data
+
+
+def sections(content: str) -> SectionParser:
+    parser = SectionParser()
+    parser.feed(content)
+    return parser
+
+
+def test_distinct_clients_drawn_equal_stats(staff, fixed_now):
+    from ratelimit_app.models import UsageDay, UsageHour
+
+    policy = unique("api")
+    minute, hour = NOW.replace(second=0), NOW.replace(minute=0, second=0)
+    day = hour.replace(hour=0)
+    UsageMinute.objects.create(policy=policy, minute=minute, distinct_clients=7)
+    UsageMinute.objects.create(
+        policy=policy, minute=minute - 5 * MINUTE, distinct_clients=3
+    )
+    UsageHour.objects.create(policy=policy, hour=hour, distinct_clients=9)
+    UsageHour.objects.create(policy=policy, hour=hour - 5 * HOUR, distinct_clients=4)
+    UsageDay.objects.create(policy=policy, day=day, distinct_clients=12)
+
+    response = staff.get(reverse(DASHBOARD), {"policy": policy})
+
+    drawn = sections(response.content.decode()).clients
+    for chart_range in dashboard.RANGES:
+        since, until = chart_range.window(NOW)
+        expected = stats.distinct_clients(policy, chart_range.period, since, until)
+        assert drawn[chart_range.slug] == [(p.start, p.clients) for p in expected]
+        assert len(expected) == chart_range.length
+    assert dict(drawn["hour"])[minute] == 7
+    assert dict(drawn["day"])[hour - 5 * HOUR] == 4
+    assert dict(drawn["month"])[day] == 12
+
+
+def test_distinct_clients_need_one_policy(staff, fixed_now):
+    content = staff.get(reverse(DASHBOARD)).content.decode()
+    assert 'id="clients-choose-policy"' in content
+    assert sections(content).clients == {}
+
+
+def test_top_offenders_listed_equal_stats_and_labels_are_escaped(staff, fixed_now):
+    from ratelimit_app.models import UsageOffender
+
+    policy = unique("login")
+    hour = NOW.replace(minute=0, second=0)
+    rows = [
+        ("A" * 22, "203.0.113.x", hour, 40),
+        ("B" * 22, "user <b>7</b>", hour - 3 * HOUR, 25),
+        ("A" * 22, "203.0.113.x", hour - 2 * DAY, 100),  # only in 30 days
+        ("C" * 22, "", hour - 40 * DAY, 999),  # in no range
+    ]
+    for identity, label, start, blocked in rows:
+        UsageOffender.objects.create(
+            policy=policy, hour=start, identity=identity, label=label, blocked=blocked
+        )
+
+    content = staff.get(reverse(DASHBOARD), {"policy": policy}).content.decode()
+
+    listed = sections(content).offenders
+    for chart_range in dashboard.RANGES:
+        if chart_range.slug not in dashboard.OFFENDER_RANGES:
+            continue
+        since, until = chart_range.window(NOW)
+        expected = stats.top_offenders(policy, since, until, limit=10)
+        assert [(r["label"], r["blocked"]) for r in listed[chart_range.slug]] == [
+            (o.label, o.blocked) for o in expected
+        ]
+    assert [(r["label"], r["blocked"]) for r in listed["day"]] == [
+        ("203.0.113.x", 40),
+        ("user <b>7</b>", 25),
+    ]
+    assert [r["blocked"] for r in listed["month"]] == [140, 25]
+    assert "user <b>7</b>" not in content
+    assert "user &lt;b&gt;7&lt;/b&gt;" in content
