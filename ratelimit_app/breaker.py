@@ -49,17 +49,21 @@ class CircuitBreaker:
         """May this call go to Redis? (At most one probe when half-open.)"""
         if self.state == CLOSED:
             return True
-        if self.state == OPEN and self.clock() < self.opened_until:
-            return False
+        if self.clock() < self.opened_until:
+            return False  # open, or half-open with a probe under way
         with self._lock:
-            if self.state == OPEN and self.clock() >= self.opened_until:
-                self.state = HALF_OPEN  # this caller is the probe
+            now = self.clock()
+            if self.state != CLOSED and now >= self.opened_until:
+                # This caller probes; a probe that never reports (an error
+                # that was not Redis's) is replaced after another cool-down.
+                self.state = HALF_OPEN
+                self.opened_until = now + self.cooldown
                 return True
             return self.state == CLOSED
 
     def retry_after(self) -> float:
         """Seconds until Redis will be tried again (a cool-down when closed)."""
-        if self.state == OPEN:
+        if self.state != CLOSED:
             return max(self.opened_until - self.clock(), 0.0) or self.cooldown
         return self.cooldown
 
