@@ -8,7 +8,9 @@ fixtures turn that into a skip.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -72,6 +74,30 @@ def command(server: RedisServer, *args):
         return connection.read_response()
     finally:
         connection.disconnect()
+
+
+def kill_with_replication_lag(
+    primary: RedisServer, replica: RedisServer, lag_s: float
+) -> None:
+    """Kill the primary ``lag_s`` after its replica stopped receiving writes.
+
+    The replica drops its link to the primary and is frozen (SIGSTOP) so it
+    cannot reconnect, while the primary goes on acknowledging writes; then
+    the primary is killed and the replica resumes: the writes of those
+    ``lag_s`` are lost, as with a replica that lags behind. SIGSTOP alone
+    would not do: the kernel still receives the stream for the frozen
+    process.
+    """
+    if not lag_s:
+        primary.kill()
+        return
+    command(replica, "CLIENT", "KILL", "TYPE", "master")
+    os.kill(replica.process.pid, signal.SIGSTOP)
+    try:
+        time.sleep(lag_s)
+        primary.kill()
+    finally:
+        os.kill(replica.process.pid, signal.SIGCONT)
 
 
 # -- Cluster -------------------------------------------------------------------
@@ -159,6 +185,13 @@ class Cluster:
         return len(roles) - len(replicas) == self.primaries and all(
             role[3] == b"connected" for role in replicas
         )
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        for node in self.live():
+            role = command(node, "ROLE")
+            if role[0] == b"slave" and role[2] == primary.port:
+                return node
+        raise LookupError(f"no replica of port {primary.port}")
 
     def node_of(self, key: str) -> RedisServer:
         """The primary that serves ``key``'s slot, as a live node sees it."""
