@@ -130,8 +130,21 @@ MAX_LABEL_LENGTH = 64
 MISSING_LABEL = "(no key value)"
 
 
-@lru_cache(maxsize=8192)
 def display_label(identity: str | bytes | int) -> str:
+    """What the stats may show for an identity; see ``_label``. Long
+    identities skip the cache, so its memory stays bounded."""
+    if not isinstance(identity, str):
+        return ""
+    if len(identity) > _CACHED_LABEL_LENGTH:
+        return _label(identity)
+    return _cached_label(identity)
+
+
+# Addresses and user ids are short; anything longer gets no useful label.
+_CACHED_LABEL_LENGTH = 256
+
+
+def _label(identity: str) -> str:
     """What the stats may show for an identity without exposing it.
 
     A masked address (``203.0.113.x``; an IPv6 /64 shown as its /48), a
@@ -139,8 +152,6 @@ def display_label(identity: str | bytes | int) -> str:
     values, sessions, custom keys may be secrets), which the dashboard shows
     as the start of the keyed hash instead.
     """
-    if not isinstance(identity, str):
-        return ""
     kind, sep, value = identity.partition(":")
     if sep and kind == "user":
         return _clean_label(f"user {value}")
@@ -149,6 +160,9 @@ def display_label(identity: str | bytes | int) -> str:
     if identity == MISSING:
         return MISSING_LABEL
     return _clean_label(masked_ip(identity))
+
+
+_cached_label = lru_cache(maxsize=8192)(_label)
 
 
 def masked_ip(text: str) -> str:
@@ -169,5 +183,5 @@ def masked_ip(text: str) -> str:
 
 
 def _clean_label(label: str) -> str:
-    label = "".join(c if c.isprintable() and c != "|" else "?" for c in label)
-    return label[:MAX_LABEL_LENGTH]
+    label = label[:MAX_LABEL_LENGTH]  # first: a label may come from a huge identity
+    return "".join(c if c.isprintable() and c != "|" else "?" for c in label)

@@ -29,7 +29,18 @@ def identity_bytes(identity: Identity) -> bytes:
     """Any identity as bytes; lone surrogates survive instead of raising."""
     if isinstance(identity, bytes):
         return identity
-    return str(identity).encode("utf-8", "surrogatepass")
+    if isinstance(identity, int):
+        return _int_text(identity).encode()
+    return identity.encode("utf-8", "surrogatepass")
+
+
+def _int_text(number: int) -> str:
+    """Decimal, as always; hexadecimal beyond Python's limit on decimal
+    conversion (4300 digits), which would raise instead."""
+    try:
+        return str(number)
+    except ValueError:
+        return hex(number)
 
 
 def hash_identity(secret: bytes, identity: Identity) -> tuple[int, str]:
@@ -54,7 +65,7 @@ def identity_base(prefix: str, shards: int, secret: bytes, identity: Identity) -
     Example: ``rl:1:{s417}:Zx3...`` — the hash tag keeps every key of the
     identity (all scopes, all algorithms) in one Redis Cluster slot.
     """
-    if isinstance(identity, int) or len(identity) <= _CACHED_IDENTITY_LENGTH:
+    if _size(identity) <= _CACHED_IDENTITY_LENGTH:
         return _cached_identity_base(prefix, shards, secret, identity)
     return _identity_base(prefix, shards, secret, identity)
 
@@ -68,6 +79,11 @@ def _identity_base(prefix: str, shards: int, secret: bytes, identity: Identity) 
 # Long identities are not cached so the cache's memory stays bounded.
 _CACHED_IDENTITY_LENGTH = 256
 _cached_identity_base = lru_cache(maxsize=8192, typed=True)(_identity_base)
+
+
+def _size(identity: Identity) -> int:
+    """Characters, bytes, or bytes of an int (the cache holds the object)."""
+    return identity.bit_length() // 8 if isinstance(identity, int) else len(identity)
 
 
 def key_suffix(scope: str, algorithm: str) -> str:
