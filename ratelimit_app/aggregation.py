@@ -270,25 +270,14 @@ def _add_batch(contents: BatchContents, batch: Batch, fields, members) -> None:
 def add_fields(contents: BatchContents, batch: Batch, fields: dict) -> int:
     """Add a batch's fields to ``contents``; returns how many were unreadable
     (skipped and logged)."""
-    bad = []
-    for name, value in fields.items():
-        try:
-            parsed = usage.parse_field(name)
-            amount = usage.parse_count(value)
-        except ValueError as exc:
-            bad.append(f"{name!r}={value!r} ({exc})")
-            continue
+    readable = usage.readable_pairs(
+        fields.items(), usage.parse_field, usage.parse_count, batch, "field", logger
+    )
+    for parsed, amount in readable:
         key = (parsed.scope, parsed.minute)
         contents.counts[key][_INDEX[parsed.metric]] += amount
         distinct.note(contents.seen, batch.shard, *key)
-    if bad:
-        logger.warning(
-            "usage batch %s: skipped %d unreadable field(s), e.g. %s",
-            batch,
-            len(bad),
-            "; ".join(bad[:5]),
-        )
-    return len(bad)
+    return len(fields) - len(readable)
 
 
 def _record(

@@ -28,26 +28,15 @@ Offences = dict[tuple[str, int, str], list]
 def add_members(offences: Offences, batch, members: list[tuple]) -> int:
     """Add a batch's (member, score) pairs; returns how many were unreadable
     (skipped and logged)."""
-    bad = []
-    for member, score in members:
-        try:
-            offence = usage.parse_offence(member)
-            denials = usage.parse_score(score)
-        except ValueError as exc:
-            bad.append(f"{member!r}={score!r} ({exc})")
-            continue
+    readable = usage.readable_pairs(
+        members, usage.parse_offence, usage.parse_score, batch, "offender", logger
+    )
+    for offence, denials in readable:
         hour = offence.minute - offence.minute % 60
         entry = offences.setdefault((offence.scope, hour, offence.identity), ["", 0])
         entry[0] = offence.label or entry[0]
         entry[1] += denials
-    if bad:
-        logger.warning(
-            "usage batch %s: skipped %d unreadable offender(s), e.g. %s",
-            batch,
-            len(bad),
-            "; ".join(bad[:5]),
-        )
-    return len(bad)
+    return len(members) - len(readable)
 
 
 def record(offences: Offences) -> None:

@@ -218,6 +218,29 @@ def parse_count(value: bytes | str) -> int:
     return int(raw)
 
 
+def readable_pairs(pairs, parse_name, parse_value, batch, kind: str, log) -> list:
+    """``(parse_name(name), parse_value(value))`` for each pair that parses.
+
+    The others are skipped and logged in one warning (``kind`` names them,
+    e.g. "field"); the caller counts them as ``len(pairs) - len(result)``.
+    """
+    readable, bad = [], []
+    for name, value in pairs:
+        try:
+            readable.append((parse_name(name), parse_value(value)))
+        except ValueError as exc:
+            bad.append(f"{name!r}={value!r} ({exc})")
+    if bad:
+        log.warning(
+            "usage batch %s: skipped %d unreadable %s(s), e.g. %s",
+            batch,
+            len(bad),
+            kind,
+            "; ".join(bad[:5]),
+        )
+    return readable
+
+
 def queue_usage(
     pipe,
     shard: int,

@@ -17,6 +17,10 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405
     _sqlite = Path(tempfile.gettempdir()) / f"ratelimit-tests-{uuid.uuid4().hex}"
     DATABASES["default"]["NAME"] = f"{_sqlite}.sqlite3"  # noqa: F405
     DATABASES["default"]["TEST"] = {"NAME": f"{_sqlite}.test.sqlite3"}  # noqa: F405
+else:  # a server: a test database of this run's own, so runs side by side never meet
+    DATABASES["default"]["TEST"] = {  # noqa: F405
+        "NAME": f"test_ratelimit_{uuid.uuid4().hex[:10]}"
+    }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 import os  # noqa: E402
