@@ -12,7 +12,14 @@ import redis.asyncio
 from django.core.exceptions import ImproperlyConfigured
 
 from ratelimit_app.backends import redis as backend
-from ratelimit_app.backends.topology import client_from_url, is_cluster, parse_url
+from ratelimit_app.backends.topology import (
+    ClusterUnavailable,
+    client_from_url,
+    is_cluster,
+    parse_url,
+)
+from ratelimit_app.limiter import Limiter
+from ratelimit_app.testing import free_port
 
 
 @pytest.mark.parametrize(
@@ -143,3 +150,24 @@ def test_the_redis_url_setting_goes_through_client_from_url(settings):
     settings.RATELIMIT = {**settings.RATELIMIT, "REDIS_URL": "redis+sentinel://h:1"}
     with pytest.raises(ImproperlyConfigured, match="no service name"):
         backend.get_client()
+
+
+def test_an_unreachable_cluster_applies_the_fail_mode_not_a_500(settings):
+    """redis-py raises RedisClusterException, which is no RedisError, when no
+    startup node answers; the client raises ClusterUnavailable instead."""
+    url = f"redis+cluster://127.0.0.1:{free_port()}"  # nothing listens there
+    settings.RATELIMIT = {**settings.RATELIMIT, "REDIS_URL": url}
+    with pytest.raises(ClusterUnavailable, match="Redis Cluster unavailable"):
+        client_from_url(url)
+    decision = Limiter().hit("api", "client", "1/m", fail_mode="open")
+    assert (decision.allowed, decision.reason) == (True, "fallback_open")
+
+
+async def test_an_unreachable_cluster_fails_as_a_redis_error_in_asyncio(settings):
+    url = f"redis+cluster://127.0.0.1:{free_port()}"
+    client = client_from_url(url, asyncio=True)  # connects on first use
+    with pytest.raises(redis.RedisError, match="Redis Cluster unavailable"):
+        await client.ping()
+    settings.RATELIMIT = {**settings.RATELIMIT, "REDIS_URL": url}
+    decision = await Limiter().ahit("api", "client", "1/m", fail_mode="closed")
+    assert (decision.allowed, decision.reason) == (False, "fallback_closed")

@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 from redis.exceptions import RedisClusterException, RedisError
 
+from ratelimit_app.backends import redis as backend
 from ratelimit_app.backends.topology import client_from_url
 from ratelimit_app.limiter import Limiter
 from ratelimit_app.testing import ManualClock
+from tests.policy_helpers import policies
 from tests.test_concurrency import NOON_MS
 from tests.topologies import (
     Cluster,
@@ -227,3 +229,37 @@ def test_sentinel_primary_killed_under_load(prefix, lag_s):
         check(run_under_load(name, sentinels.url, prefix, fail_over, counter), lag_s)
     finally:
         sentinels.stop()
+
+
+@pytest.mark.django_db
+def test_a_whole_shard_down_applies_the_fail_modes(prefix, settings, client):
+    """Primary and replica of one slot range killed: the cluster refuses
+    every command (CLUSTERDOWN); a client built then cannot even start
+    (redis-py's RedisClusterException, raised as a RedisError instead)."""
+    cluster = started(Cluster())
+    try:
+        settings.RATELIMIT = {**settings.RATELIMIT, "REDIS_URL": cluster.url}
+        limiter = Limiter(prefix=prefix, secret=SECRET)
+        assert limiter.hit(SCOPE, IDENTITY, "1/h").reason == "ok"
+        primary = cluster.node_of(state_key(prefix))
+        replica = cluster.replica_of(primary)
+        primary.kill()
+        replica.kill()
+        wait_for(
+            lambda: all(
+                b"cluster_state:fail" in command(n, "CLUSTER INFO")
+                for n in cluster.live()
+            ),
+            "the cluster to notice the lost slots",
+        )
+        decision = limiter.hit(SCOPE, IDENTITY, "1/h", fail_mode="closed")
+        assert decision.reason == "fallback_closed"
+        backend.reset_clients()  # as in a process starting now
+        fresh = Limiter(prefix=prefix, secret=SECRET)
+        assert fresh.hit(SCOPE, "other", "1/h", fail_mode="open").allowed
+        with policies(
+            {"name": "down", "rate": "5/m", "path": "/plain/", "fail_mode": "closed"}
+        ):
+            assert client.get("/plain/").status_code == 503
+    finally:
+        cluster.stop()

@@ -25,10 +25,11 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.asyncio.sentinel
 import redis.cluster
+import redis.exceptions
 import redis.sentinel
 from django.core.exceptions import ImproperlyConfigured
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 STANDALONE_SCHEMES = ("redis", "rediss", "unix")
 SENTINEL_SCHEME = "redis+sentinel"
@@ -54,6 +55,42 @@ FORMATS = (
 )
 
 CLUSTER_TYPES = (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster)
+
+
+class ClusterUnavailable(redis.exceptions.ConnectionError):
+    """Redis Cluster cannot serve a command: no node reachable, slots not
+    covered. redis-py raises RedisClusterException, which is no RedisError;
+    this one is, so the fail modes apply instead of a 500."""
+
+
+def _unavailable(exc: RedisClusterException) -> ClusterUnavailable:
+    return ClusterUnavailable(f"Redis Cluster unavailable: {exc}")
+
+
+class Cluster(redis.cluster.RedisCluster):
+    """RedisCluster whose cluster-level failures are RedisErrors."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        try:
+            super().__init__(**kwargs)
+        except RedisClusterException as exc:
+            raise _unavailable(exc) from exc
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise _unavailable(exc) from exc
+
+
+class AsyncCluster(redis.asyncio.cluster.RedisCluster):
+    """The asyncio twin of ``Cluster`` (it connects on the first command)."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise _unavailable(exc) from exc
 
 
 @dataclass(frozen=True)
@@ -204,9 +241,9 @@ def _cluster(parsed: ParsedURL, asyncio: bool, options: dict):
         raise _bad_parsed(parsed, "Redis Cluster has only database 0")
     if asyncio:
         nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in parsed.hosts]
-        return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **kwargs)
+        return AsyncCluster(startup_nodes=nodes, **kwargs)
     nodes = [redis.cluster.ClusterNode(h, p) for h, p in parsed.hosts]
-    return redis.cluster.RedisCluster(startup_nodes=nodes, **kwargs)
+    return Cluster(startup_nodes=nodes, **kwargs)
 
 
 def _sentinel(parsed: ParsedURL, asyncio: bool, options: dict):
