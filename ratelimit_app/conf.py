@@ -94,7 +94,7 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_SOCKET_TIMEOUT": 0.5,
     # Extra attempts to open a connection (refused or reset while connecting);
     # commands are never retried, so a request never consumes twice.
-    "REDIS_CONNECT_RETRIES": 2,
+    "REDIS_CONNECT_RETRIES": 1,
     # Connections per process (and per event loop for asyncio); past it a
     # request gets the fail modes at once instead of waiting.
     "REDIS_MAX_CONNECTIONS": 100,

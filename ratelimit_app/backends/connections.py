@@ -18,7 +18,7 @@ from redis.retry import Retry
 from .. import conf
 
 # Backoff between setup attempts: 10 ms, 20 ms, 40 ms, ... at most 200 ms.
-SETUP_BACKOFF_BASE = 0.01
+SETUP_BACKOFF_BASE = 0.005
 SETUP_BACKOFF_CAP = 0.2
 
 
