@@ -16,6 +16,7 @@ from django.http import HttpRequest
 from django.urls import Resolver404, resolve
 
 from . import conf, limiter, metrics
+from .addresses import client_address
 from .identity import client_ip
 from .limiter import RuleSpec
 from .policies import CompiledPolicy, glob_to_regex
@@ -199,7 +200,9 @@ def build_rules(
     cost: int | Callable | None = None,
 ) -> tuple[list[CompiledPolicy], list[tuple[RuleSpec, Identity]]]:
     """(spec, identity) pairs for the policies that do not exempt this client."""
-    ip = client_ip(request)
+    # Exemptions match the client's own address, not its group (a /64).
+    address = client_address(request)
+    ip = str(address) if address is not None else ""
     user = request_user(request) if needs_user(policies) else None
     groups = (
         user_groups(user) if any(p.needs_groups() for p in policies) else frozenset()

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from . import conf, metrics
 from .breaker import CircuitBreaker
+from .keys import identity_bytes
 from .rates import Rate, to_rate
 from .types import Decision, Identity
 
@@ -245,11 +246,7 @@ class LocalLimiter:
 
 
 def _digest(identity: Identity) -> bytes:
-    if isinstance(identity, int):
-        identity = str(identity)
-    if isinstance(identity, str):
-        identity = identity.encode("utf-8", "surrogatepass")
-    return hashlib.blake2b(identity, digest_size=16).digest()
+    return hashlib.blake2b(identity_bytes(identity), digest_size=16).digest()
 
 
 _local: LocalLimiter | None = None

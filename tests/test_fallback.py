@@ -135,7 +135,7 @@ def test_an_unknown_fail_mode_is_refused_before_redis_is_called(down_limiter):
 
 
 def test_the_local_limiter_forgets_the_least_recent_clients_beyond_its_cap():
-    local = LocalLimiter(max_keys=100)
+    local = LocalLimiter(max_keys=100, clock=FakeClock())  # no refill meanwhile
     spec = spec_of("s", "1/h", "gcra", 1, None)
     for n in range(10_000):
         local.decide(spec, f"client-{n}" * 1000, spec.rate, 1, 1, consume=True)
@@ -143,6 +143,14 @@ def test_the_local_limiter_forgets_the_least_recent_clients_beyond_its_cap():
     # The most recent client is remembered: its one unit is spent.
     last = "client-9999" * 1000
     assert not local.decide(spec, last, spec.rate, 1, 1, consume=True).allowed
+
+
+def test_the_local_limiter_takes_identities_of_any_size():
+    local = LocalLimiter(max_keys=10, clock=FakeClock())
+    spec = spec_of("s", "1/h", "gcra", 1, None)
+    for identity in (10**5000, b"\xff" * 70_000, "\udcff"):  # beyond str(int)
+        assert local.decide(spec, identity, spec.rate, 1, 1, consume=True).allowed
+        assert not local.decide(spec, identity, spec.rate, 1, 1, consume=True).allowed
 
 
 def test_the_local_limiter_refills_with_time():

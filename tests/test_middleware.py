@@ -412,3 +412,16 @@ async def test_async_middleware_reads_the_user_in_a_thread(
     ):
         codes = [(await async_client.get("/async/")).status_code for _ in range(2)]
     assert codes == [200, 429]
+
+
+def test_an_exemption_for_one_address_matches_that_client_not_its_group(
+    client, django_capture_on_commit_callbacks
+):
+    """Clients are counted per /64 (IPv6), but an exemption names an address."""
+    with django_capture_on_commit_callbacks(execute=True):
+        policy = Policy.objects.create(name="one-host", rate="1/m", path="/plain/")
+        Exemption.objects.create(policy=policy, network="2001:db8::5")
+    exempt = {"REMOTE_ADDR": "2001:db8::5"}
+    neighbour = {"REMOTE_ADDR": "2001:db8::6"}  # same /64, not exempt
+    assert statuses(client, "/plain/", 3, **exempt) == [200] * 3
+    assert statuses(client, "/plain/", 2, **neighbour) == [200, 429]
