@@ -81,19 +81,18 @@ def kill_with_replication_lag(
 ) -> None:
     """Kill the primary ``lag_s`` after its replica stopped receiving writes.
 
-    The replica drops its link to the primary and is frozen (SIGSTOP) so it
-    cannot reconnect, while the primary goes on acknowledging writes; then
-    the primary is killed and the replica resumes: the writes of those
-    ``lag_s`` are lost, as with a replica that lags behind. SIGSTOP alone
-    would not do: the kernel still receives the stream for the frozen
-    process.
+    The replica is frozen (SIGSTOP) and the primary drops its link, so the
+    primary goes on acknowledging writes the replica never gets; then the
+    primary is killed and the replica resumes: the writes of those ``lag_s``
+    are lost, as with a replica that lags behind. Freezing alone would not
+    do: the kernel still receives the stream for the frozen process.
     """
     if not lag_s:
         primary.kill()
         return
-    command(replica, "CLIENT", "KILL", "TYPE", "master")
     os.kill(replica.process.pid, signal.SIGSTOP)
     try:
+        command(primary, "CLIENT", "KILL", "TYPE", "replica")
         time.sleep(lag_s)
         primary.kill()
     finally:
