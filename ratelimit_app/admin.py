@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -22,22 +20,14 @@ from . import (
     actions,
     charts,
     dashboard,
-    limiter,
+    explanation,
     stats_admin,  # noqa: F401  (registers the usage tables)
 )
-from .enforcement import (
-    USER_KEYS,
-    build_rules,
-    pending,
-    routed_policies,
-    skipped,
-    view_policy_name,
-)
-from .identity import MISSING
+from .enforcement import skipped
+from .explanation import cannot_identify, describe_identity, explain
 from .models import Exemption, Mode, Policy, Tier
 from .policies import HTTP_METHODS, CompiledPolicy
-from .snapshot import policy_by_name, store
-from .types import Decision
+from .snapshot import policy_by_name
 
 
 class ExemptionInline(admin.TabularInline):
@@ -288,11 +278,6 @@ def redis_failed(exc: Exception) -> str:
     return gettext("Redis error: %(error)s") % {"error": exc}
 
 
-def cannot_identify(exc: Exception) -> str:
-    message = gettext("Cannot tell the client of this request: %(error)s")
-    return message % {"error": f"{type(exc).__name__}: {exc}"}
-
-
 # -- explaining a request ----------------------------------------------------------
 
 
@@ -331,67 +316,19 @@ class ExplainForm(forms.Form):
     def fake_request(self) -> HttpRequest:
         """A request as the middleware would see it, from the form's fields."""
         data = self.cleaned_data
-        request = HttpRequest()
-        request.method = data["method"]
-        request.path = request.path_info = data["path"]
-        request.META["REMOTE_ADDR"] = data["ip"]
-        request.user = self.user or AnonymousUser()
-        return request
+        return explanation.fake_request(
+            data["path"], data["method"], data["ip"], self.user
+        )
 
     def query(self) -> str:
         """The form's fields as a query string (back to the page after a reset)."""
         return urlencode({name: self.cleaned_data[name] for name in self.fields})
 
 
-@dataclass
-class Row:
-    """One matching policy on the explain page."""
-
-    policy: CompiledPolicy
-    client: str = ""
-    exempt: bool = False
-    rule: tuple | None = None  # (RuleSpec, identity), as the middleware builds
-    usage: Decision | None = None
-    error: str = ""
-    pk: int | None = None
-
-    @property
-    def rate(self) -> str:
-        """The policy's rate, or the group tier's rate that applies instead."""
-        spec = self.policy.spec
-        if self.rule is not None and self.rule[0].rate != self.policy.rate:
-            return f"{self.rule[0].rate} (group tier; policy: {spec.rate})"
-        return spec.rate
-
-
-def explained_policies(request: HttpRequest) -> list[CompiledPolicy]:
-    """What the middleware applies, then the view's @rate_limit policy."""
-    policies = store.policies()
-    matched = routed_policies(request, policies)
-    name = view_policy_name(request)
-    decorated = [p for p in policies if p.name == name]
-    return matched + [p for p in pending(request, decorated) if p not in matched]
-
-
-def explain(request: HttpRequest, form: ExplainForm) -> tuple[list[Row], str]:
-    """The enabled routed policies matching ``request``, in priority order,
-    with the client each counts and its live usage (one Redis call, no write).
-    """
-    rows = [_row(p, request, form) for p in explained_policies(request)]
-    counted = [row for row in rows if row.rule is not None]
-    try:
-        usage = limiter.default_limiter().decide([row.rule for row in counted], "peek")
-    except RedisError as exc:
-        return rows, str(exc)
-    for row, decision in zip(counted, usage, strict=True):
-        row.usage = decision
-    return rows, ""
-
-
 def explain_context(form: ExplainForm) -> dict:
     """The explain page's results for a valid form."""
     request = form.fake_request()
-    rows, redis_error = explain(request, form)
+    rows, redis_error = explain(request, form.cleaned_data.get("username", ""))
     names = [row.policy.name for row in rows if row.policy.spec.source == "db"]
     ids = dict(Policy.objects.filter(name__in=names).values_list("name", "pk"))
     for row in rows:
@@ -403,37 +340,10 @@ def explain_context(form: ExplainForm) -> dict:
     }
 
 
-def _row(policy: CompiledPolicy, request: HttpRequest, form: ExplainForm) -> Row:
-    row = Row(policy)
-    try:  # the middleware's own code, one policy at a time
-        applied, rules = build_rules(request, [policy])
-        row.client = client_of(policy, form, request)[1]
-    except Exception as exc:  # e.g. a callable key failing on a fake request
-        row.error = cannot_identify(exc)
-        return row
-    row.exempt = not applied
-    row.rule = rules[0] if rules else None
-    return row
-
-
 def client_of(
     policy: CompiledPolicy, form: ExplainForm, request: HttpRequest | None = None
 ) -> tuple:
     """(identity the policy counts, what may be shown of it) for the form's request."""
     identity = policy.identify(request or form.fake_request())
-    return identity, describe_identity(policy, identity, form)
-
-
-def describe_identity(policy: CompiledPolicy, identity, form: ExplainForm) -> str:
-    """What may be shown of the client a policy counts; never a secret value."""
-    key = policy.spec.key
-    if identity == MISSING:
-        return f"no {key} value (one bucket shared by all such requests)"
-    if key == "ip":
-        return f"ip {identity}"
-    if key in USER_KEYS:
-        username = form.cleaned_data.get("username")
-        if username and identity.startswith("user:"):
-            return f"{identity} ({username})"
-        return str(identity)
-    return f"the value of {key} (hidden)"
+    username = form.cleaned_data.get("username", "")
+    return identity, describe_identity(policy, identity, username)
