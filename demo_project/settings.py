@@ -85,10 +85,25 @@ CACHES = {
     }
 }
 RATELIMIT = {
-    "REDIS_URL": REDIS_URL,
+    # The limiter may use another Redis than the cache and Celery's broker:
+    # docker-compose's cluster profile sets redis+cluster://... here, since
+    # Celery has no Redis Cluster broker.
+    "REDIS_URL": os.environ.get("RATELIMIT_REDIS_URL") or REDIS_URL,
+    # `make lb-demo` gives each run a prefix of its own, so it starts from zero.
+    "KEY_PREFIX": os.environ.get("RATELIMIT_KEY_PREFIX") or "rl:",
+    # Proxies in front of the app (nginx in docker-compose.yml: 1).
+    "TRUSTED_PROXIES": int(os.environ.get("RATELIMIT_TRUSTED_PROXIES") or 0),
     # Edit or override these in the admin (a database row of the same name wins).
     "POLICIES": [
         {"name": "demo-api", "path": "/api/*", "rate": "10/m", "key": "user_or_ip"},
+        # One limit shared by every instance behind the load balancer
+        # (`make lb-demo`, docker-compose's nginx): 100 a day per client IP.
+        {
+            "name": "demo-service",
+            "path": "/demo-service/*",
+            "rate": os.environ.get("DEMO_SERVICE_RATE") or "100/d",
+            "key": "ip",
+        },
     ],
 }
 

@@ -9,5 +9,6 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("token", views.token, name="token"),
     path("api/hello", views.hello, name="api-hello"),
+    path("demo-service/hello", views.service_hello, name="demo-service-hello"),
     path("admin/", admin.site.urls),
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import socket
 
 from django.http import HttpRequest, JsonResponse
 
@@ -17,6 +19,8 @@ def index(request: HttpRequest) -> JsonResponse:
             "endpoints": {
                 "/token": f"token bucket, {TOKEN_RATE} per client IP",
                 "/api/hello": "middleware policy demo-api, 10/m per user or IP",
+                "/demo-service/hello": "policy demo-service, 100/d per IP, shared "
+                "by every instance behind the load balancer",
                 "/admin/": "edit policies",
             }
         }
@@ -26,6 +30,12 @@ def index(request: HttpRequest) -> JsonResponse:
 def hello(request: HttpRequest) -> JsonResponse:
     """Limited by the middleware through the settings policy "demo-api"."""
     return JsonResponse({"hello": "world"})
+
+
+def service_hello(request: HttpRequest) -> JsonResponse:
+    """Limited by the settings policy "demo-service" across all instances."""
+    instance = os.environ.get("DEMO_INSTANCE") or socket.gethostname()
+    return JsonResponse({"hello": "world", "instance": instance})
 
 
 def token(request: HttpRequest) -> JsonResponse:
