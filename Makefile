@@ -9,7 +9,7 @@ PYTEST_WORKERS ?= auto
 PYTEST_ARGS ?=
 PORT ?= 8000
 
-.PHONY: install test lint format migrations-check demo bench bench-http clean
+.PHONY: install test lint format migrations-check demo lb-demo bench bench-http clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test: lint migrations-check
 
 demo: install
 	$(PY) -m demo_project.run --port $(PORT)
+
+# Two gunicorn instances behind nginx, ab -n 1000 -c 100: exactly 100 allowed.
+lb-demo: install
+	$(PY) -m demo_project.lb_demo
 
 bench: install
 	$(PY) -m bench.decisions

@@ -1,0 +1,47 @@
+"""`make lb-demo`: two gunicorn instances, one limit of 100 a day, 1000 requests.
+
+Real processes on loopback ports: gunicorn twice, nginx in front when Debian's
+nginx and apache2-utils are installed or installable, else the client
+alternating between the two ports with 100 threads.
+"""
+
+from __future__ import annotations
+
+from demo_project import lb_demo
+from ratelimit_app.testing import free_port
+
+
+def assert_one_shared_limit(result: lb_demo.Result) -> None:
+    assert result.total == {200: 100, 429: 900}
+    assert set(result.instances) == {"web1", "web2"}
+    for name, counts in result.instances.items():
+        assert counts[200] + counts[429] > 0, f"{name} served nothing"
+    assert result.problems(1000) == []
+
+
+def test_two_instances_behind_nginx_allow_exactly_100(redis_url):
+    """With nginx and ab when they can be installed, else the client balances."""
+    result = lb_demo.run(redis_url, lb_port=free_port())
+    assert_one_shared_limit(result)
+    if result.balancer == "nginx":
+        assert result.client == {"2xx": 100, "non-2xx": 900}
+    else:
+        assert result.client == {"200": 100, "429": 900}
+
+
+def test_two_ports_hit_alternately_allow_exactly_100(redis_url):
+    result = lb_demo.run(redis_url, balancer="client")
+    assert result.balancer == "client"
+    assert_one_shared_limit(result)
+    assert result.client == {"200": 100, "429": 900}
+    # Alternating: each instance got half of the requests.
+    assert [sum(c.values()) for c in result.instances.values()] == [500, 500]
+
+
+def test_command_reports_per_instance_counts_and_exits_0():
+    lines: list[str] = []
+    code = lb_demo.main(["--balancer", "client", "-n", "200", "-c", "20"], lines.append)
+    assert code == 0, lines
+    assert lines[-1].startswith("OK: exactly 100 of 200 allowed")
+    table = "\n".join(lines)
+    assert "web1" in table and "web2" in table and "total      100   100" in table
