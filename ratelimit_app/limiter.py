@@ -1,7 +1,11 @@
-"""The programmatic API: hit, peek, reset and hit_many, sync and async."""
+"""The programmatic API: hit, peek, reset, hit_many and acquire, sync and async."""
 
 from __future__ import annotations
 
+import asyncio
+import math
+import random
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -20,6 +24,15 @@ from .types import Decision, Identity, Rule, check_identity
 Clock = Callable[[], int]
 
 _REASONS = {0: "ok", 1: "limit", 2: "not_consumed", 3: "cost_exceeds_capacity"}
+
+# acquire() sleeps a denial's retry_after plus a random extra of up to this share
+# of it (at most ACQUIRE_JITTER_MAX seconds), so waiters denied together do not
+# all call Redis in the same millisecond. Small, because with a burst of 1 any
+# delay after the slot opens is throughput lost for good.
+ACQUIRE_JITTER = 0.1
+ACQUIRE_JITTER_MAX = 1.0
+# A denial's retry_after is whole milliseconds; never spin on a zero.
+ACQUIRE_MIN_PAUSE = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +90,11 @@ class Limiter:
     returns integer milliseconds and replaces Redis ``TIME`` — for tests only;
     production leaves it None so every process shares the Redis clock.
     """
+
+    # How acquire()/aacquire() wait and tell the time; swappable for tests.
+    sleep = staticmethod(time.sleep)
+    asleep = staticmethod(asyncio.sleep)
+    monotonic = staticmethod(time.monotonic)
 
     def __init__(
         self,
@@ -234,6 +252,41 @@ class Limiter:
         items = [(spec, identity)]
         return fallback.guard(call, items, "hit", fail_mode, self.breaker)[0]
 
+    def acquire(
+        self,
+        scope: str,
+        identity: Identity,
+        rate: str | Rate,
+        *,
+        algorithm: str = "gcra",
+        cost: int = 1,
+        burst: int | None = None,
+        timeout: float | None = None,
+        fail_mode: FailMode = None,
+    ) -> Decision:
+        """``hit`` until allowed, sleeping each denial's ``retry_after`` (+ jitter).
+
+        ``timeout`` (seconds): None waits forever, 0 tries once. Returns the
+        allowed decision, or the last denied one when the timeout has passed or
+        the next ``retry_after`` lies beyond it (waiting could not help), or at
+        once when the cost exceeds the capacity (``retry_after`` None).
+        """
+        deadline = _deadline(timeout, self.monotonic())
+        while True:
+            decision = self.hit(
+                scope,
+                identity,
+                rate,
+                algorithm=algorithm,
+                cost=cost,
+                burst=burst,
+                fail_mode=fail_mode,
+            )
+            pause = acquire_pause(decision, deadline, self.monotonic())
+            if pause is None:
+                return decision
+            self.sleep(pause)
+
     def peek(
         self,
         scope: str,
@@ -316,6 +369,35 @@ class Limiter:
         items = [(spec, identity)]
         return (await fallback.aguard(call, items, "hit", fail_mode, self.breaker))[0]
 
+    async def aacquire(
+        self,
+        scope: str,
+        identity: Identity,
+        rate: str | Rate,
+        *,
+        algorithm: str = "gcra",
+        cost: int = 1,
+        burst: int | None = None,
+        timeout: float | None = None,
+        fail_mode: FailMode = None,
+    ) -> Decision:
+        """The asyncio twin of ``acquire`` (``asyncio.sleep`` between tries)."""
+        deadline = _deadline(timeout, self.monotonic())
+        while True:
+            decision = await self.ahit(
+                scope,
+                identity,
+                rate,
+                algorithm=algorithm,
+                cost=cost,
+                burst=burst,
+                fail_mode=fail_mode,
+            )
+            pause = acquire_pause(decision, deadline, self.monotonic())
+            if pause is None:
+                return decision
+            await self.asleep(pause)
+
     async def apeek(
         self,
         scope: str,
@@ -357,6 +439,31 @@ def to_decisions(items: Sequence[tuple[RuleSpec, Identity]], reply: list):
         to_decision(reply, index, spec.capacity, spec.scope, spec.shadow)
         for index, (spec, _) in enumerate(items)
     ]
+
+
+def _deadline(timeout: float | None, now: float) -> float:
+    if timeout is None:
+        return math.inf
+    if timeout < 0:
+        raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}.")
+    return now + timeout
+
+
+def acquire_pause(decision: Decision, deadline: float, now: float) -> float | None:
+    """Seconds to sleep before the next try, or None: return ``decision`` now.
+
+    ``retry_after`` plus up to ACQUIRE_JITTER of it, never past the deadline;
+    None when allowed, when the cost can never pass, or when even
+    ``retry_after`` ends after the deadline.
+    """
+    if decision.allowed or decision.retry_after is None:
+        return None
+    wait = max(decision.retry_after, ACQUIRE_MIN_PAUSE)
+    left = deadline - now
+    if wait > left:
+        return None
+    extra = random.uniform(0, min(wait * ACQUIRE_JITTER, ACQUIRE_JITTER_MAX))
+    return min(wait + extra, left)
 
 
 def _several_identities(items: Sequence[tuple[RuleSpec, Identity]]) -> bool:
@@ -417,6 +524,30 @@ def hit(
     )
 
 
+def acquire(
+    scope,
+    identity,
+    rate,
+    *,
+    algorithm="gcra",
+    cost=1,
+    burst=None,
+    timeout=None,
+    fail_mode=None,
+) -> Decision:
+    """Wait until allowed or ``timeout`` seconds passed (see ``Limiter.acquire``)."""
+    return default_limiter().acquire(
+        scope,
+        identity,
+        rate,
+        algorithm=algorithm,
+        cost=cost,
+        burst=burst,
+        timeout=timeout,
+        fail_mode=fail_mode,
+    )
+
+
 def peek(scope, identity, rate, *, algorithm="gcra", burst=None) -> Decision:
     """Whether a request of cost 1 would pass now; consumes nothing."""
     return default_limiter().peek(
@@ -449,6 +580,29 @@ async def ahit(
         algorithm=algorithm,
         cost=cost,
         burst=burst,
+        fail_mode=fail_mode,
+    )
+
+
+async def aacquire(
+    scope,
+    identity,
+    rate,
+    *,
+    algorithm="gcra",
+    cost=1,
+    burst=None,
+    timeout=None,
+    fail_mode=None,
+) -> Decision:
+    return await default_limiter().aacquire(
+        scope,
+        identity,
+        rate,
+        algorithm=algorithm,
+        cost=cost,
+        burst=burst,
+        timeout=timeout,
         fail_mode=fail_mode,
     )
 
