@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "ratelimit_app",
+    "demo_project",  # manage.py demo_setup
 ]
 
 MIDDLEWARE = [
@@ -93,9 +94,9 @@ RATELIMIT = {
     "KEY_PREFIX": os.environ.get("RATELIMIT_KEY_PREFIX") or "rl:",
     # Proxies in front of the app (nginx in docker-compose.yml: 1).
     "TRUSTED_PROXIES": int(os.environ.get("RATELIMIT_TRUSTED_PROXIES") or 0),
-    # Edit or override these in the admin (a database row of the same name wins).
+    # The other demo policies are database rows (demo_project/policies.py,
+    # `manage.py demo_setup`). A database row of the same name wins over these.
     "POLICIES": [
-        {"name": "demo-api", "path": "/api/*", "rate": "10/m", "key": "user_or_ip"},
         # One limit shared by every instance behind the load balancer
         # (`make lb-demo`, docker-compose's nginx): 100 a day per client IP.
         {

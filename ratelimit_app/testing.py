@@ -82,7 +82,9 @@ class RedisServer:
 
     ``args`` are extra command-line options (``["--cluster-enabled", "yes"]``);
     ``config`` is the text of a config file written to the server's directory
-    and passed first (Sentinel needs a file it can rewrite).
+    and passed first (Sentinel needs a file it can rewrite). ``own_group``
+    starts it in a process group of its own: a terminal's Ctrl-C then does not
+    reach it, and whoever started it stops it last (``make demo``).
     """
 
     def __init__(
@@ -91,12 +93,14 @@ class RedisServer:
         port: int | None = None,
         args: Sequence[str] = (),
         config: str | None = None,
+        own_group: bool = False,
     ) -> None:
         self.binary = binary or redis_server_binary()
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="ratelimit-redis-")
         self.extra_args = list(args)
         self.config = config
+        self.own_group = own_group
         self.process: subprocess.Popen | None = None
 
     @property
@@ -116,7 +120,11 @@ class RedisServer:
         args += ["--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "no", "--dir", self.dir]
         args += ["--logfile", str(self.log), *self.extra_args]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            process_group=0 if self.own_group else None,
+        )
         deadline = time.monotonic() + timeout
         while not redis_answers(self.url, 0.2):
             if self.process.poll() is not None or time.monotonic() > deadline:
