@@ -185,7 +185,7 @@ async def test_the_async_module_function_waits_in_real_time():
     first = await limiter_module.aacquire("jobs", "amodule", "20/s", burst=1)
     second = await limiter_module.aacquire("jobs", "amodule", "20/s", burst=1)
     assert first.allowed and second.allowed
-    third = await limiter_module.aacquire("jobs", "amodule", "20/s", timeout=0)
+    third = await limiter_module.aacquire("jobs", "amodule", "20/s", burst=1, timeout=0)
     assert (third.allowed, third.reason) == (False, "limit")
     assert 0 < third.retry_after <= 0.05
 
