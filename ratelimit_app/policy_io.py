@@ -309,24 +309,25 @@ def _type_problem(model_field: models.Field, value) -> str:
     return ""
 
 
-def _clean(instance, where: str, given: dict, exclude=()) -> list[str]:
-    """The model's own validation (what the admin runs), as messages."""
+def _clean(instance, where: str, given: dict, exclude=(), sep=": ") -> list[str]:
+    """The model's own validation (what the admin runs), as messages naming
+    the field (``where`` + ``sep`` + field) and the value given."""
     try:
         instance.full_clean(exclude=list(exclude), validate_unique=False)
     except ValidationError as exc:
-        return _messages(exc, where, given)
+        return _messages(exc, where, given, sep)
     return []
 
 
-def _messages(exc: ValidationError, where: str, given: dict) -> list[str]:
+def _messages(exc: ValidationError, where: str, given: dict, sep: str) -> list[str]:
     problems = []
     for name, messages in exc.message_dict.items():
         if name == NON_FIELD_ERRORS:
             label = where
         elif name in given:
-            label = f"{where}: {name} {show(given[name])}"
+            label = f"{where}{sep}{name} {show(given[name])}"
         else:
-            label = f"{where}: {name}"
+            label = f"{where}{sep}{name}"
         problems += [f"{label}: {message}" for message in messages]
     return problems
 
@@ -358,7 +359,7 @@ def _exemptions(policy: Policy, items, where: str) -> tuple[list, list[str]]:
         if kind == "staff" and value is not True:
             problems.append(f"{at}.staff {show(value)}: must be true")
             continue
-        problems += _clean(exemption, f"{at}", {}, exclude=["policy"])
+        problems += _clean(exemption, at, item, exclude=["policy"], sep=".")
         exemptions.append(exemption)
     return exemptions, problems
 
@@ -415,7 +416,7 @@ def _tiers(policy: Policy, items, where: str, skip_rates: bool):
             policy=policy, group=group, rate=item["rate"], burst=item.get("burst")
         )
         if not problems and not skip_rates:  # rates are checked against the policy
-            problems += _clean(tier, at, item, exclude=["policy"])
+            problems += _clean(tier, at, item, exclude=["policy"], sep=".")
         tiers.append(tier)
     return tiers, problems
 

@@ -6,9 +6,17 @@ from urllib.parse import urlsplit
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ratelimit_app.cli import find_user, parse_ip, seconds, table, usage_text
+from ratelimit_app.cli import (
+    find_user,
+    parse_ip,
+    seconds,
+    table,
+    unavailable,
+    usage_text,
+)
 from ratelimit_app.enforcement import skipped
 from ratelimit_app.explanation import explain, fake_request
+from ratelimit_app.fallback import is_fallback
 from ratelimit_app.policies import HTTP_METHODS
 
 
@@ -42,6 +50,8 @@ class Command(BaseCommand):
         self.render(f"{method} {path}", rows, skipped(request))
         if redis_error:
             raise CommandError(f"Live usage is unavailable: Redis error: {redis_error}")
+        if unavailable(rows):
+            raise CommandError(unavailable(rows))
 
     def render(self, what: str, rows, never_counted: bool) -> None:
         if never_counted:
@@ -62,7 +72,7 @@ class Command(BaseCommand):
             cells = [str(number), spec.name, spec.source, spec.mode]
             cells += [f"{row.rate} ({spec.algorithm})", spec.key, row.client or "-"]
             cells.append(usage_text(row))
-            if usage is not None:
+            if usage is not None and not is_fallback(usage):
                 cells += [seconds(usage.reset_after), seconds(usage.retry_after)]
             body.append(cells)
         self.stdout.write(f"Policies matching {what}, in evaluation order:")
