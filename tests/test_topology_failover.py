@@ -111,6 +111,7 @@ def run_under_load(topology: str, url: str, prefix: str, fail_over, counter):
     ]
     for worker in workers:
         worker.start()
+    failure = None
     try:
         wait_for(lambda: admitted_so_far.value >= LIMIT // 3, "a third of the limit")
         started = time.monotonic()
@@ -118,12 +119,15 @@ def run_under_load(topology: str, url: str, prefix: str, fail_over, counter):
         recovery = time.monotonic() - started
         wait_for(lambda: admitted_so_far.value >= LIMIT, "the limit", timeout=30)
         time.sleep(0.5)  # whatever else gets admitted now is over the limit
+    except TimeoutError as exc:
+        failure = exc
     finally:
         stop.set()
     reports = [results.get(timeout=30) for _ in workers]
     for worker in workers:
         worker.join(timeout=10)
         assert worker.exitcode == 0, "a worker died of an unhandled exception"
+    assert failure is None, f"{failure}; the workers saw {reports}"
     return measure(topology, reports, counter(), recovery)
 
 

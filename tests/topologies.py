@@ -88,15 +88,30 @@ def kill_with_replication_lag(
     do: the kernel still receives the stream for the frozen process.
     """
     if not lag_s:
-        primary.kill()
+        kill_holding_port(primary)
         return
     os.kill(replica.process.pid, signal.SIGSTOP)
     try:
         command(primary, "CLIENT", "KILL", "TYPE", "replica")
         time.sleep(lag_s)
-        primary.kill()
+        kill_holding_port(primary)
     finally:
         os.kill(replica.process.pid, signal.SIGCONT)
+
+
+# Ports of killed servers, held until the end of the test process.
+_held_ports: list[socket.socket] = []
+
+
+def kill_holding_port(server: RedisServer) -> None:
+    """SIGKILL the server, then hold its port (bound, not listening): a
+    server that another test starts meanwhile must not get it, or the
+    sentinels would take it for the old primary back and make it a replica."""
+    server.kill()
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", server.port))
+    _held_ports.append(holder)
 
 
 # -- Cluster -------------------------------------------------------------------
