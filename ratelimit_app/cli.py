@@ -16,7 +16,6 @@ from redis.exceptions import RedisError
 from . import actions, limiter
 from .enforcement import USER_KEYS
 from .explanation import Row, describe_identity, explain_policy, fake_request, peek_rows
-from .fallback import is_fallback
 from .policies import CompiledPolicy
 from .snapshot import store
 from .types import Decision, Identity
@@ -122,20 +121,10 @@ def client_row(policy: CompiledPolicy, client: Client) -> Row:
         row = Row(policy, client=client.label, rule=rule)
     if row.error:
         raise CommandError(row.error)
-    error = peek_rows([row]) or unavailable([row])
+    error = peek_rows([row])
     if error:
-        raise CommandError(error)
+        raise CommandError(f"Live usage is unavailable: Redis error: {error}")
     return row
-
-
-def unavailable(rows: list[Row]) -> str:
-    """Why live usage is unknown: Redis failed and a fail mode answered; or ""."""
-    if any(row.usage is not None and is_fallback(row.usage) for row in rows):
-        return (
-            "Redis is unavailable, so live usage is unknown (a fail mode answered); "
-            "run manage.py ratelimit_doctor."
-        )
-    return ""
 
 
 def reset_client(policy: CompiledPolicy, client: Client, actor=None) -> None:
@@ -169,7 +158,7 @@ def usage_text(row: Row) -> str:
         return "error"
     if row.rule is None:
         return "exempt"
-    if row.usage is None or is_fallback(row.usage):
+    if row.usage is None:
         return "unknown"
     return f"{row.usage.remaining} / {row.usage.limit}"
 

@@ -20,10 +20,17 @@ from .enforcement import (
     routed_policies,
     view_policy_name,
 )
+from .fallback import is_fallback
 from .identity import MISSING
 from .policies import CompiledPolicy
 from .snapshot import store
 from .types import Decision, Identity
+
+# When Redis fails, the fail modes answer a peek: those are not live usage.
+REDIS_UNAVAILABLE = (
+    "Redis did not answer (a fail mode answered instead); "
+    "run manage.py ratelimit_doctor"
+)
 
 
 @dataclass
@@ -85,6 +92,8 @@ def peek_rows(rows: list[Row]) -> str:
         usage = limiter.default_limiter().decide([row.rule for row in counted], "peek")
     except RedisError as exc:
         return str(exc)
+    if any(is_fallback(decision) for decision in usage):
+        return REDIS_UNAVAILABLE
     for row, decision in zip(counted, usage, strict=True):
         row.usage = decision
     return ""

@@ -17,6 +17,7 @@ from django.urls import reverse
 from ratelimit_app import actions, limiter
 from ratelimit_app.models import Exemption, Policy, Tier, validate_network
 from ratelimit_app.snapshot import decode, snapshot_keys, store
+from ratelimit_app.testing import free_port
 
 CHANGELIST = "admin:ratelimit_app_policy_changelist"
 EXPLAIN = "admin:ratelimit_app_policy_explain"
@@ -561,6 +562,19 @@ def test_explain_reset_needs_the_csrf_token(admin_user, api_policies):
     response = client.post(reverse(EXPLAIN), {**data, "policy": by_name.name})
     assert response.status_code == 403
     assert limiter.peek(by_name.name, CLIENT_IP, "5/m").remaining == 3
+
+
+def test_explain_says_when_redis_is_down_instead_of_a_fail_modes_numbers(
+    admin_client, api_policies, settings
+):
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    settings.RATELIMIT = {**settings.RATELIMIT, "REDIS_URL": url}
+
+    response = explain(admin_client)
+
+    assert response.context["redis_error"].startswith("Redis did not answer")
+    assert all(row.usage is None for row in response.context["rows"])
+    assert "Live usage is unavailable" in response.content.decode()
 
 
 def test_explain_is_for_staff_only(client, db):

@@ -11,12 +11,10 @@ from ratelimit_app.cli import (
     parse_ip,
     seconds,
     table,
-    unavailable,
     usage_text,
 )
 from ratelimit_app.enforcement import skipped
 from ratelimit_app.explanation import explain, fake_request
-from ratelimit_app.fallback import is_fallback
 from ratelimit_app.policies import HTTP_METHODS
 
 
@@ -50,8 +48,6 @@ class Command(BaseCommand):
         self.render(f"{method} {path}", rows, skipped(request))
         if redis_error:
             raise CommandError(f"Live usage is unavailable: Redis error: {redis_error}")
-        if unavailable(rows):
-            raise CommandError(unavailable(rows))
 
     def render(self, what: str, rows, never_counted: bool) -> None:
         if never_counted:
@@ -72,7 +68,7 @@ class Command(BaseCommand):
             cells = [str(number), spec.name, spec.source, spec.mode]
             cells += [f"{row.rate} ({spec.algorithm})", spec.key, row.client or "-"]
             cells.append(usage_text(row))
-            if usage is not None and not is_fallback(usage):
+            if usage is not None:
                 cells += [seconds(usage.reset_after), seconds(usage.retry_after)]
             body.append(cells)
         self.stdout.write(f"Policies matching {what}, in evaluation order:")

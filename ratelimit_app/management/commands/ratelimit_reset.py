@@ -44,9 +44,11 @@ class Command(BaseCommand):
         client = client_of(policy, options["identity"])
         row = client_row(policy, client)  # also proves Redis answers
         what = f'the counters of {client.label} for policy "{policy.name}"'
-        if options["interactive"] and not confirm(
-            f"{client.label} has {usage_text(row)} left. Reset {what}? [y/N] "
-        ):
+        if row.rule is None:
+            state = f"{client.label} is exempt from this policy"
+        else:
+            state = f"{client.label} has {usage_text(row)} left"
+        if options["interactive"] and not confirm(f"{state}. Reset {what}? [y/N] "):
             self.stdout.write("Cancelled: nothing was reset.")
             return
         reset_client(policy, client, actor)
