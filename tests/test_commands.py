@@ -313,6 +313,14 @@ def test_import_reads_yaml_from_the_extension_or_the_format_option(tmp_path):
     }
 
 
+def test_import_reads_standard_input(monkeypatch):
+    text = "policies:\n  - name: from-stdin\n    rate: 3/s\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    out = import_("-", "--format", "yaml")
+    assert 'policy "from-stdin": created' in out
+    assert Policy.objects.filter(name="from-stdin").exists()
+
+
 # -- import errors: each names the file, the policy and the field; nothing is written
 
 
