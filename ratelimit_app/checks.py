@@ -20,6 +20,7 @@ from django.utils.module_loading import import_string
 
 from . import conf
 from .addresses import address_settings
+from .backends.topology import CLUSTER_SCHEME, SENTINEL_SCHEME, STANDALONE_SCHEMES
 from .enforcement import needs_user
 from .policies import CompiledPolicy, PolicySpec, compile_spec
 
@@ -27,7 +28,8 @@ TAG = "ratelimit_app"
 MIDDLEWARE_PATH = "ratelimit_app.middleware.RateLimitMiddleware"
 AUTH_MIDDLEWARE_PATH = "django.contrib.auth.middleware.AuthenticationMiddleware"
 SESSION_MIDDLEWARE_PATH = "django.contrib.sessions.middleware.SessionMiddleware"
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+# Every scheme client_from_url accepts (standalone, Sentinel, Cluster).
+REDIS_SCHEMES = (*STANDALONE_SCHEMES, SENTINEL_SCHEME, CLUSTER_SCHEME)
 
 
 class Codes:
@@ -132,7 +134,10 @@ class Hints:
 class Advice:
     """The {advice} of Messages.INVALID_SETTING, per setting."""
 
-    REDIS_URL = "use a redis://, rediss:// or unix:// URL, or None."
+    REDIS_URL = (
+        "use a redis://, rediss://, unix://, redis+sentinel:// or redis+cluster:// "
+        "URL, or None."
+    )
     CACHE_ALIAS = "use the name of a cache in CACHES."
     BOOLEAN = "use True or False."
     GROUPS_CACHE_SECONDS = "use a number of seconds, 0 or more."

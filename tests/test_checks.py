@@ -174,6 +174,21 @@ def test_e003_never_shows_the_key_secret():
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "rediss://127.0.0.1:6380/0",
+        "unix:///run/redis.sock",
+        "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster/0",
+        "redis+cluster://redis-node-1:6379,redis-node-2:6379",
+    ],
+)
+def test_every_topology_url_scheme_is_a_valid_redis_url(url):
+    found = messages(RATELIMIT=ratelimit(REDIS_URL=url))
+    assert Codes.INVALID_SETTING not in [message.id for message in found]
+
+
+@pytest.mark.parametrize(
     ("name", "value", "advice"),
     [
         ("REDIS_URL", "http://127.0.0.1:6379", Advice.REDIS_URL),
