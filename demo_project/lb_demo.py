@@ -37,9 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis
-
 from bench.http import apt_install
+from ratelimit_app.backends.topology import client_from_url
 from ratelimit_app.testing import (
     RedisServer,
     embedded_redis_binary,
@@ -299,7 +298,7 @@ def migrate(env: dict[str, str]) -> None:
 
 
 def delete_keys(url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(url)
+    client = client_from_url(url)  # a cluster client scans every primary
     try:
         keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
         if keys:
@@ -317,8 +316,14 @@ def run(
     concurrency: int = CONCURRENCY,
     install: bool = True,
     workdir: Path | None = None,
+    limiter_url: str | None = None,
 ) -> Result:
-    """One demo run: fresh database and key prefix, two instances, the load."""
+    """One demo run: fresh database and key prefix, two instances, the load.
+
+    ``limiter_url`` puts the limiter on another Redis than the cache (e.g. a
+    ``redis+cluster://`` URL, as docker-compose's cluster profile does).
+    """
+    limiter_url = limiter_url or redis_url
     nginx = None if balancer == "client" else find_tool("nginx", "nginx", install)
     ab = find_tool("ab", "apache2-utils", install) if nginx else None
     if balancer == "nginx" and not (nginx and ab):
@@ -332,7 +337,7 @@ def run(
             "DJANGO_SETTINGS_MODULE": "demo_project.settings",
             "DJANGO_DEBUG": "0",
             "REDIS_URL": redis_url,
-            "RATELIMIT_REDIS_URL": redis_url,
+            "RATELIMIT_REDIS_URL": limiter_url,
             "RATELIMIT_KEY_PREFIX": prefix,
             "RATELIMIT_TRUSTED_PROXIES": "0",
             "DEMO_SERVICE_RATE": RATE,
@@ -349,7 +354,7 @@ def run(
                 instance.wait_ready()
             print(
                 f"instances: {', '.join(f'{i.name} 127.0.0.1:{i.port}' for i in instances)}"
-                f" (Redis {redis_url}, key prefix {prefix})"
+                f" (limiter on {limiter_url}, key prefix {prefix})"
             )
             if nginx and ab:
                 client = run_behind_nginx(
@@ -362,7 +367,7 @@ def run(
         finally:
             for instance in instances:
                 instance.stop()
-            delete_keys(redis_url, prefix)
+            delete_keys(limiter_url, prefix)
         result = Result(used, client, {i.name: i.statuses() for i in instances})
     return result
 
@@ -422,6 +427,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="auto: nginx + ab when installed or installable, else the client",
     )
     parser.add_argument("--lb-port", type=int, help="nginx's port (LB_PORT, 9000)")
+    parser.add_argument(
+        "--limiter-url",
+        help="the limiter's Redis (RATELIMIT_REDIS_URL), e.g. redis+cluster://...; "
+        "default: the demo's Redis",
+    )
     parser.add_argument("-n", "--requests", type=int, default=REQUESTS)
     parser.add_argument("-c", "--concurrency", type=int, default=CONCURRENCY)
     return parser.parse_args(argv)
@@ -438,6 +448,8 @@ def main(argv: Sequence[str] | None = None, out: Callable = print) -> int:
                 lb_port=options.lb_port,
                 requests=options.requests,
                 concurrency=options.concurrency,
+                limiter_url=options.limiter_url
+                or os.environ.get("RATELIMIT_REDIS_URL"),
             )
     except KeyboardInterrupt:
         out("interrupted: every process stopped")

@@ -7,8 +7,12 @@ alternating between the two ports with 100 threads.
 
 from __future__ import annotations
 
+import pytest
+
 from demo_project import lb_demo
+from ratelimit_app.backends.topology import client_from_url
 from ratelimit_app.testing import free_port
+from tests.topologies import Cluster, TopologyUnavailable
 
 
 def assert_one_shared_limit(result: lb_demo.Result) -> None:
@@ -45,3 +49,36 @@ def test_command_reports_per_instance_counts_and_exits_0():
     assert lines[-1].startswith("OK: exactly 100 of 200 allowed")
     table = "\n".join(lines)
     assert "web1" in table and "web2" in table and "total      100   100" in table
+
+
+@pytest.mark.slow
+def test_limiter_on_a_cluster_with_cache_on_standalone_redis(redis_url, monkeypatch):
+    """docker-compose's cluster profile: RATELIMIT_REDIS_URL=redis+cluster://...,
+    REDIS_URL (cache, Celery broker) on the standalone server."""
+    try:
+        cluster = Cluster().start()
+    except TopologyUnavailable as exc:
+        pytest.skip(str(exc))
+    found: dict[str, int] = {}
+    delete_keys = lb_demo.delete_keys
+
+    def count_then_delete(url: str, prefix: str) -> None:
+        for where in (url, redis_url):
+            client = client_from_url(where)
+            found[where] = sum(1 for _ in client.scan_iter(match=f"{prefix}*"))
+            client.close()
+        delete_keys(url, prefix)
+
+    monkeypatch.setattr(lb_demo, "delete_keys", count_then_delete)
+    try:
+        result = lb_demo.run(redis_url, balancer="client", limiter_url=cluster.url)
+        assert_one_shared_limit(result)
+        client = client_from_url(cluster.url)
+        try:
+            assert client.dbsize() == 0  # deleted after the run
+        finally:
+            client.close()
+    finally:
+        cluster.stop()
+    assert found[cluster.url] > 0  # the limiter's keys were on the cluster
+    assert found[redis_url] == 0  # and none on the standalone server
