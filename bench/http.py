@@ -52,6 +52,7 @@ from bench.decisions import bench_redis, delete_keys, met, without_password
 from bench.http_site import (
     CONTENDERS,
     DJANGO_RATELIMIT,
+    DRF_THROTTLE,
     FLOOR,
     NONE,
     OUR_POLICIES,
@@ -76,6 +77,7 @@ LABELS = {
     FLOOR: "floor: EVALSHA `return 1` middleware",
     DJANGO_RATELIMIT: "django-ratelimit @ratelimit (django-redis cache)",
     SMART_RATELIMIT: "django-smart-ratelimit @rate_limit (redis, fixed_window)",
+    DRF_THROTTLE: "DRF AnonRateThrottle (django-redis cache; a list of request times)",
 }
 assert set(LABELS) == set(CONTENDERS)
 
@@ -394,7 +396,8 @@ def summary(results: Sequence[Result]) -> list[str]:
         f"{ours.vs_none:.2f} of no limiter",
         f"- peers, of the floor: django-ratelimit "
         f"{by_name[DJANGO_RATELIMIT].vs_floor:.2f}, django-smart-ratelimit "
-        f"{by_name[SMART_RATELIMIT].vs_floor:.2f}",
+        f"{by_name[SMART_RATELIMIT].vs_floor:.2f}, DRF throttling "
+        f"{by_name[DRF_THROTTLE].vs_floor:.2f}",
     ]
 
 

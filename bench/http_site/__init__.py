@@ -11,7 +11,16 @@ OURS_3 = "ours-3"
 FLOOR = "floor"
 DJANGO_RATELIMIT = "django-ratelimit"
 SMART_RATELIMIT = "smart-ratelimit"
-CONTENDERS = (NONE, OURS_1, OURS_3, FLOOR, DJANGO_RATELIMIT, SMART_RATELIMIT)
+DRF_THROTTLE = "drf-throttle"
+CONTENDERS = (
+    NONE,
+    OURS_1,
+    OURS_3,
+    FLOOR,
+    DJANGO_RATELIMIT,
+    SMART_RATELIMIT,
+    DRF_THROTTLE,
+)
 
 # How many settings policies match the view's path, per contender of ours.
 OUR_POLICIES = {OURS_1: 1, OURS_3: 3}
@@ -30,4 +39,5 @@ def key_prefixes(run_prefix: str) -> dict[str, str]:
         OURS_3: f"{run_prefix}-{OURS_3}:",
         DJANGO_RATELIMIT: f"{run_prefix}-django",
         SMART_RATELIMIT: f"{run_prefix}-smart:",
+        DRF_THROTTLE: f"{run_prefix}-drf",
     }

@@ -17,6 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 from bench.http_site import (
     CONTENDERS,
     DJANGO_RATELIMIT,
+    DRF_THROTTLE,
     FLOOR,
     OUR_POLICIES,
     POLICY_PATH,
@@ -54,12 +55,14 @@ DATABASES = {
         ),
     }
 }
-# django-ratelimit counts in this cache.
+# django-ratelimit and DRF's throttles count in this cache.
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": KEY_PREFIXES[DJANGO_RATELIMIT],
+        "KEY_PREFIX": KEY_PREFIXES[
+            DRF_THROTTLE if BENCH_CONTENDER == DRF_THROTTLE else DJANGO_RATELIMIT
+        ],
     }
 }
 # Errors (a 500 during a run) go to stderr, which is the server's log file.
@@ -98,3 +101,9 @@ if BENCH_CONTENDER == SMART_RATELIMIT:
     RATELIMIT_REDIS = {"url": REDIS_URL}
     RATELIMIT_KEY_PREFIX = KEY_PREFIXES[SMART_RATELIMIT]
     RATELIMIT_ALGORITHM = "fixed_window"
+
+# DRF's AnonRateThrottle (per client IP) keeps each client's request times of
+# the window as a list in the cache: its cost grows with requests per window.
+if BENCH_CONTENDER == DRF_THROTTLE:
+    INSTALLED_APPS.append("rest_framework")
+    REST_FRAMEWORK = {"DEFAULT_THROTTLE_RATES": {"anon": RATE}}
