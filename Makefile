@@ -44,7 +44,7 @@ lb-demo: install
 	$(PY) -m demo_project.lb_demo
 
 bench: install
-	$(PY) -m bench.decisions
+	$(PY) -m bench.report --readme
 
 bench-http: install
 	$(PY) -m bench.http
