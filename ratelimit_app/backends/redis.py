@@ -16,6 +16,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from .. import conf, metrics
 from ..algorithms import Script
+from . import direct
 from .connections import command_retry, connection_class
 from .topology import client_from_url
 
@@ -113,11 +114,11 @@ def run_script(client: redis.Redis, script: Script, keys: list, args: list) -> l
     """
     try:
         try:
-            return client.evalsha(script.sha, len(keys), *keys, *args)
+            return direct.evalsha(client, script.sha, keys, args)
         except NoScriptError:
             _log_reload()
             client.script_load(script.source)
-            return client.evalsha(script.sha, len(keys), *keys, *args)
+            return direct.evalsha(client, script.sha, keys, args)
     except RedisError as exc:
         metrics.record_redis_error(SCRIPT_OPERATION, exc)
         raise
@@ -129,11 +130,11 @@ async def arun_script(
     """The asyncio twin of ``run_script``."""
     try:
         try:
-            return await client.evalsha(script.sha, len(keys), *keys, *args)
+            return await direct.aevalsha(client, script.sha, keys, args)
         except NoScriptError:
             _log_reload()
             await client.script_load(script.source)
-            return await client.evalsha(script.sha, len(keys), *keys, *args)
+            return await direct.aevalsha(client, script.sha, keys, args)
     except RedisError as exc:
         metrics.record_redis_error(SCRIPT_OPERATION, exc)
         raise
