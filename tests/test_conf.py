@@ -67,3 +67,11 @@ def test_a_missing_redis_configuration_is_explained():
         pytest.raises(ImproperlyConfigured, match="set RATELIMIT\\['REDIS_URL'\\]"),
     ):
         get_client()
+
+
+def test_every_setting_is_documented_in_the_readme():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    undocumented = [name for name in conf.DEFAULTS if f"`{name}`" not in readme]
+    assert undocumented == [], "add these RATELIMIT keys to the README's table"
