@@ -119,9 +119,14 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def fetch(url: str) -> tuple[int, dict, dict]:
+def fetch(url: str, form: dict | None = None) -> tuple[int, dict, dict]:
+    """(status, headers, JSON body) of a GET, or of a POST of ``form``."""
+    data = urllib.parse.urlencode(form).encode() if form is not None else None
+    request = urllib.request.Request(
+        url, data=data, headers={"Accept": "application/json"}
+    )
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, dict(response.headers), json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), json.loads(error.read())
@@ -327,6 +332,16 @@ def test_demo_limits_admin_edit_applies_celery_runs_ctrl_c_stops_all(
             assert last["message"] == "Rate limit exceeded"
             assert int(headers["Retry-After"]) >= 1
             assert policy_quota(headers, policy) == 5
+
+        # The middleware: demo-api (10/m) on /api/*, demo-login (5/m) on POSTs.
+        replies = [fetch(demo.base + "/api/hello") for _ in range(11)]
+        assert [status for status, _, _ in replies] == [200] * 10 + [429]
+        assert replies[-1][2]["policy"] == "demo-api"
+        wrong = {"username": "admin", "password": "wrong"}
+        replies = [fetch(demo.base + "/login", wrong) for _ in range(6)]
+        assert [status for status, _, _ in replies] == [401] * 5 + [429]
+        assert replies[-1][2]["policy"] == "demo-login"
+        assert fetch(demo.base + "/demo-service/hello")[0] == 200
 
         # An admin raises the /token limit; every process sees it within ~1 s.
         admin = AdminClient(demo.base)
