@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 # Parallel workers for pytest-xdist ("auto" = one per core).
 PYTEST_WORKERS ?= auto
 PYTEST_ARGS ?=
+MARKS ?=
 PORT ?= 8000
 
 .PHONY: install test lint format migrations-check demo lb-demo bench bench-http clean
@@ -33,8 +34,12 @@ format: install
 migrations-check: install
 	DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py makemigrations --check --dry-run
 
+# Timing-sensitive tests (marked `alone`) run after the parallel suite, one at
+# a time. MARKS selects tests in both runs, e.g. MARKS="not slow"; PYTEST_ARGS
+# go to both runs too. Exit code 5 (nothing selected) is not a failure.
 test: lint migrations-check
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) -m "not alone$(if $(MARKS), and ($(MARKS)))" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -p no:xdist -m "alone$(if $(MARKS), and ($(MARKS)))" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 demo: install
 	$(PY) -m demo_project.run --port $(PORT)

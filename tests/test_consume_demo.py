@@ -58,6 +58,7 @@ def consumers():
             process.wait(10)
 
 
+@pytest.mark.alone
 def test_three_consumers_share_twenty_per_second(redis_client, consumers):
     prefix = settings.RATELIMIT["KEY_PREFIX"]
     queue, results = f"{prefix}queue", f"{prefix}results"

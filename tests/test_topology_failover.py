@@ -36,7 +36,7 @@ from tests.topologies import (
     wait_for,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 LIMIT = 1500
 RATE = f"{LIMIT}/d"
