@@ -138,8 +138,21 @@ def _without_port(text: str) -> str:
 # -- the client --------------------------------------------------------------------
 
 
+# Where a request keeps its client address once found: several policies and
+# the log line ask for it during one request.
+_CACHED = "_ratelimit_client_address"
+
+
 def client_address(request: HttpRequest) -> Address | None:
     """The client's own address (not grouped); None when it cannot be known."""
+    try:
+        return request.__dict__[_CACHED]
+    except KeyError:
+        address = request.__dict__[_CACHED] = _find_client_address(request)
+        return address
+
+
+def _find_client_address(request: HttpRequest) -> Address | None:
     config = address_settings()
     remote = parse_address(request.META.get("REMOTE_ADDR"))
     if not (config.hops or config.networks):

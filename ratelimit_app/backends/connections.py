@@ -9,6 +9,8 @@ they connect or run their health-check PING, both safe to repeat.
 
 from __future__ import annotations
 
+from functools import cache
+
 import redis.asyncio.connection as async_connection
 import redis.connection as sync_connection
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -22,14 +24,21 @@ SETUP_BACKOFF_BASE = 0.005
 SETUP_BACKOFF_CAP = 0.2
 
 
+@cache
 def setup_retry() -> Retry:
     """Retries of connection setup: refused or reset, not a timeout (a
-    connect timeout already waited REDIS_CONNECT_TIMEOUT)."""
+    connect timeout already waited REDIS_CONNECT_TIMEOUT).
+
+    One per settings: every health check swaps it in, so it must be cheap.
+    """
     return Retry(
         ExponentialBackoff(cap=SETUP_BACKOFF_CAP, base=SETUP_BACKOFF_BASE),
         conf.number("REDIS_CONNECT_RETRIES"),
         supported_errors=(ConnectionError,),
     )
+
+
+conf.on_change(setup_retry.cache_clear)
 
 
 def command_retry() -> Retry:
