@@ -116,6 +116,7 @@ def delete_counters(scope: str) -> int:
             batch = []
     if batch:
         deleted += client.unlink(*batch)
+    engine.forget_denials()
     return deleted
 
 

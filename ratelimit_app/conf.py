@@ -80,6 +80,13 @@ DEFAULTS: dict[str, Any] = {
     # Clients the "local" fail mode remembers per process (least recently seen
     # forgotten first, ~200 bytes each); a forgotten client starts afresh.
     "FALLBACK_MAX_KEYS": 10_000,
+    # Answer a client Redis denied locally until its retry_after has passed,
+    # without calling Redis (per process; resets, exemptions and policy edits
+    # reach every process within POLICY_REFRESH_INTERVAL). See deny_cache.
+    "DENY_CACHE": True,
+    # Denials the deny cache remembers per process (least recently denied
+    # forgotten first, ~300 bytes each); a forgotten one asks Redis again.
+    "DENY_CACHE_MAX_KEYS": 10_000,
     # Redis errors within BREAKER_WINDOW seconds that open the circuit breaker:
     # Redis is then not called for BREAKER_COOLDOWN seconds (the fail modes
     # decide at once), then one request probes it.

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
+import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
-from . import conf, fallback, usage
+from redis.exceptions import RedisError
+
+from . import conf, deny_cache, fallback, usage
 from .algorithms import REPLY_FIELDS, Script, script_for
 from .backends.redis import arun_script, get_async_client, get_client, run_script
 from .backends.topology import is_cluster
@@ -117,6 +121,11 @@ class Limiter:
         self.usage_ttl = usage.ttl_seconds() * 1000 if conf.get("COUNT_USAGE") else ""
         self.offenders_kept = usage.offenders_per_shard()
         self.breaker = CircuitBreaker.from_settings()
+        # The local deny cache (see deny_cache); never with a test clock,
+        # whose milliseconds are not the monotonic clock's.
+        on = conf.get("DENY_CACHE") and clock is None
+        self.deny = deny_cache.cache if on else None
+        self.epoch_key = deny_cache.epoch_key(self.prefix)
 
     @property
     def client(self):
@@ -213,8 +222,30 @@ class Limiter:
         client = self.client
         if is_cluster(client) and _several_identities(items):
             return self._decide_per_identity(client, items, mode)
-        reply = run_script(client, *self.pack(items, mode))
-        return to_decisions(items, reply)
+        script, keys, args = self.pack(items, mode)
+        return self._call(client, script, keys, args, items, mode)
+
+    def _call(self, client, script, keys, args, items, mode) -> list[Decision]:
+        """One script call, unless the deny cache answers."""
+        if self.deny is None or mode != "hit":
+            return to_decisions(items, run_script(client, script, keys, args))
+        started = deny_cache.now_ms()
+        local = self.deny.lookup(items, keys, started)
+        if local is not None and not self.deny.fresh(self.epoch_key, started):
+            self.deny.observe(self.epoch_key, client.get(self.epoch_key), started)
+            local = self.deny.lookup(items, keys, deny_cache.now_ms())
+        if local is not None:
+            self.deny.count(self, items, keys, local, started)
+            return local
+        decisions = to_decisions(items, run_script(client, script, keys, args))
+        if self.deny.known(self.epoch_key):
+            self.deny.remember(items, keys, decisions, started, self.epoch_key)
+        elif not all(d.allowed for d in decisions):
+            # The first denial: read the epoch, so the next one can be kept.
+            with contextlib.suppress(RedisError):
+                epoch = client.get(self.epoch_key)
+                self.deny.observe(self.epoch_key, epoch, deny_cache.now_ms())
+        return decisions
 
     def _decide_per_identity(self, client, items, mode: str) -> list[Decision]:
         """One call per identity, in order of first appearance (Redis Cluster:
@@ -246,11 +277,11 @@ class Limiter:
             scope, identity, rate, algorithm, cost, burst, "hit"
         )
 
-        def call():
-            reply = run_script(self.client, spec.script, keys, args)
-            return [to_decision(reply, 0, spec.capacity, scope, False)]
-
         items = [(spec, identity)]
+
+        def call():
+            return self._call(self.client, spec.script, keys, args, items, "hit")
+
         return fallback.guard(call, items, "hit", fail_mode, self.breaker)[0]
 
     def acquire(
@@ -307,6 +338,14 @@ class Limiter:
     def reset(self, scope: str, identity: Identity) -> None:
         """Forget every algorithm's state for this scope and identity."""
         self.client.delete(*self.reset_keys(scope, identity))
+        self.forget_denials()
+
+    def forget_denials(self) -> None:
+        """After a reset: every process's deny cache drops its denials within
+        POLICY_REFRESH_INTERVAL (a new epoch token), this one's at once."""
+        if self.deny is not None:
+            self.client.set(self.epoch_key, _token(), ex=deny_cache.EPOCH_TTL)
+            deny_cache.cache.clear()
 
     # -- async API -------------------------------------------------------------
 
@@ -335,8 +374,31 @@ class Limiter:
         client = self.async_client
         if is_cluster(client) and _several_identities(items):
             return await self._adecide_per_identity(client, items, mode)
-        reply = await arun_script(client, *self.pack(items, mode))
-        return to_decisions(items, reply)
+        script, keys, args = self.pack(items, mode)
+        return await self._acall(client, script, keys, args, items, mode)
+
+    async def _acall(self, client, script, keys, args, items, mode):
+        """The asyncio twin of ``_call``."""
+        if self.deny is None or mode != "hit":
+            return to_decisions(items, await arun_script(client, script, keys, args))
+        started = deny_cache.now_ms()
+        local = self.deny.lookup(items, keys, started)
+        if local is not None and not self.deny.fresh(self.epoch_key, started):
+            epoch = await client.get(self.epoch_key)
+            self.deny.observe(self.epoch_key, epoch, started)
+            local = self.deny.lookup(items, keys, deny_cache.now_ms())
+        if local is not None:
+            self.deny.count(self, items, keys, local, started)
+            return local
+        reply = await arun_script(client, script, keys, args)
+        decisions = to_decisions(items, reply)
+        if self.deny.known(self.epoch_key):
+            self.deny.remember(items, keys, decisions, started, self.epoch_key)
+        elif not all(d.allowed for d in decisions):
+            with contextlib.suppress(RedisError):
+                epoch = await client.get(self.epoch_key)
+                self.deny.observe(self.epoch_key, epoch, deny_cache.now_ms())
+        return decisions
 
     async def _adecide_per_identity(self, client, items, mode: str):
         """The asyncio twin of ``_decide_per_identity``."""
@@ -363,11 +425,12 @@ class Limiter:
             scope, identity, rate, algorithm, cost, burst, "hit"
         )
 
-        async def call():
-            reply = await arun_script(self.async_client, spec.script, keys, args)
-            return [to_decision(reply, 0, spec.capacity, scope, False)]
-
         items = [(spec, identity)]
+
+        async def call():
+            client = self.async_client
+            return await self._acall(client, spec.script, keys, args, items, "hit")
+
         return (await fallback.aguard(call, items, "hit", fail_mode, self.breaker))[0]
 
     async def aacquire(
@@ -415,7 +478,11 @@ class Limiter:
         return to_decision(reply, 0, spec.capacity, scope, False)
 
     async def areset(self, scope: str, identity: Identity) -> None:
-        await self.async_client.delete(*self.reset_keys(scope, identity))
+        client = self.async_client
+        await client.delete(*self.reset_keys(scope, identity))
+        if self.deny is not None:
+            await client.set(self.epoch_key, _token(), ex=deny_cache.EPOCH_TTL)
+            deny_cache.cache.clear()
 
 
 def to_decision(reply: list, index: int, capacity: int, scope: str, shadow: bool):
@@ -440,6 +507,10 @@ def to_decisions(items: Sequence[tuple[RuleSpec, Identity]], reply: list):
         to_decision(reply, index, spec.capacity, spec.scope, spec.shadow)
         for index, (spec, _) in enumerate(items)
     ]
+
+
+def _token() -> str:
+    return secrets.token_hex(8)
 
 
 def _deadline(timeout: float | None, now: float) -> float:

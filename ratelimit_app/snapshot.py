@@ -18,7 +18,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
 from redis.exceptions import RedisError, ResponseError
 
-from . import conf
+from . import conf, deny_cache
 from .backends.redis import get_async_client, get_client
 from .policies import CompiledPolicy, PolicySpec, compile_all, compile_spec
 
@@ -32,6 +32,17 @@ def snapshot_keys() -> tuple[str, str]:
     """(version key, data key); one hash tag so a transaction fits a cluster slot."""
     base = f"{conf.key_prefix()}{{policies}}"
     return f"{base}:version", f"{base}:data"
+
+
+def _version_keys() -> tuple[str, str]:
+    """(version key, deny cache epoch key): one slot, read in one round trip."""
+    return snapshot_keys()[0], deny_cache.epoch_key(conf.key_prefix())
+
+
+def _queue_reads(pipe):
+    """GET (not MGET: a key of the wrong type must say WRONGTYPE) both keys."""
+    version_key, epoch = _version_keys()
+    return pipe.get(version_key).get(epoch)
 
 
 def register_code_policy(spec: PolicySpec, origin: str) -> None:
@@ -153,8 +164,10 @@ class PolicyStore:
         if not self._due():
             return self.compiled
         self.checked_at = time.monotonic()
+        started = deny_cache.now_ms()
         try:
-            version = await get_async_client().get(snapshot_keys()[0])
+            pipe = get_async_client().pipeline(transaction=False)
+            version = self._observed(await _queue_reads(pipe).execute(False), started)
         except RedisError as exc:
             version = exc
         if self._is_current(version):
@@ -166,6 +179,14 @@ class PolicyStore:
         interval = conf.get("POLICY_REFRESH_INTERVAL")
         return time.monotonic() - self.checked_at >= interval or self.db is None
 
+    @staticmethod
+    def _observed(replies: list, started: float):
+        """Give the deny cache its epoch; return the version (or its error)."""
+        version, epoch = replies
+        if not isinstance(epoch, Exception):
+            deny_cache.cache.observe(_version_keys()[1], epoch, started)
+        return version
+
     def _is_current(self, version) -> bool:
         return (
             self.db is not None
@@ -175,8 +196,11 @@ class PolicyStore:
         )
 
     def _read_version(self):
+        """The version key, and the deny cache's epoch in the same MGET."""
+        started = deny_cache.now_ms()
         try:
-            return get_client().get(snapshot_keys()[0])
+            pipe = get_client().pipeline(transaction=False)
+            return self._observed(_queue_reads(pipe).execute(False), started)
         except RedisError as exc:
             return exc
 
@@ -273,6 +297,7 @@ class PolicyStore:
         }
         self.compiled = compile_all(layers)
         self.db, self.token = specs, token
+        deny_cache.cache.clear()  # a denial may come from an edited policy
 
     def forget(self) -> None:
         """Drop the local copy (settings changed); the next read reloads."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -327,8 +328,9 @@ def reset_all(prefix: str | None = None) -> int:
             yield
             reset_all()
     """
-    from . import conf
+    from . import conf, deny_cache
     from .backends.redis import get_client
+    from .deny_cache import epoch_key
     from .snapshot import snapshot_keys
 
     client = get_client()
@@ -345,4 +347,7 @@ def reset_all(prefix: str | None = None) -> int:
             batch = []
     if batch:
         deleted += client.delete(*batch)
+    if deleted:  # other processes' deny caches
+        client.set(epoch_key(base), secrets.token_hex(8), ex=deny_cache.EPOCH_TTL)
+    deny_cache.cache.clear()
     return deleted

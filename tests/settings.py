@@ -33,4 +33,6 @@ RATELIMIT = {
     "KEY_PREFIX": os.environ.get(
         "RATELIMIT_TEST_PREFIX", f"rlt-{uuid.uuid4().hex[:10]}:"
     ),
+    # As in production (the default): the suite runs with the local deny cache.
+    "DENY_CACHE": True,
 }
