@@ -51,6 +51,7 @@ Decide = Callable[[], bool]  # makes one decision, returns whether it was allowe
 
 IDENTITY = "client-1"
 OURS = "ratelimit_app"
+OURS_CACHED = "ratelimit_app (deny cache)"
 FLOOR_SCRIPT = "return 1"
 # Targets: share of the floor's decisions/s, per algorithm (default for the rest).
 TARGETS = {"fixed_window": 0.90, "gcra": 0.90}
@@ -177,15 +178,30 @@ def floor_decider(client: redis.Redis) -> Decide:
 
 
 def ours(client: redis.Redis, url: str, prefix: str) -> Adapter:
+    """The engine alone: every decision is a script call (deny cache off), as
+    the floor targets mean."""
     from ratelimit_app.limiter import Limiter
 
-    hit = Limiter(client=client, prefix=f"{prefix}:").hit
+    limiter = Limiter(client=client, prefix=f"{prefix}:")
+    limiter.deny = None
+    return _our_adapter(OURS, limiter, "Limiter.hit")
 
+
+def ours_with_deny_cache(client: redis.Redis, url: str, prefix: str) -> Adapter:
+    """As deployed by default: denials answered in-process until they expire."""
+    from ratelimit_app.limiter import Limiter
+
+    limiter = Limiter(client=client, prefix=f"{prefix}-cached:")
+    return _our_adapter(OURS_CACHED, limiter, "Limiter.hit")
+
+
+def _our_adapter(library: str, limiter, variant: str) -> Adapter:
     def make(algorithm: str, scenario: Scenario) -> Decide:
         scope, rate = f"bench-{scenario.name}", scenario.rate
+        hit = limiter.hit
         return lambda: hit(scope, IDENTITY, rate, algorithm=algorithm).allowed
 
-    return Adapter(OURS, dict.fromkeys(ALGORITHMS, "Limiter.hit"), make)
+    return Adapter(library, dict.fromkeys(ALGORITHMS, variant), make)
 
 
 def django_ratelimit(client: redis.Redis, url: str, prefix: str) -> Adapter:
@@ -266,7 +282,8 @@ def load_adapters(
     client: redis.Redis, url: str, prefix: str
 ) -> tuple[list[Adapter], list[str]]:
     """Ours, then every importable peer; a peer that fails to load is a note."""
-    adapters, notes = [ours(client, url, prefix)], []
+    adapters = [ours(client, url, prefix), ours_with_deny_cache(client, url, prefix)]
+    notes = []
     for peer in PEERS:
         try:
             adapters.append(peer(client, url, prefix))
@@ -378,7 +395,7 @@ def scenario_rows(
     rows = [r for r in results if r.contender.algorithm == algorithm]
     rows = [r for r in rows if r.contender.scenario == scenario]
     mine = next(r for r in rows if r.contender.library == OURS)
-    peers = [r for r in rows if r.contender.library != OURS]
+    peers = [r for r in rows if r.contender.library not in (OURS, OURS_CACHED)]
     return mine, max(peers, key=lambda r: r.ratio, default=None)
 
 
