@@ -106,24 +106,31 @@ class DenyCache:
 
     def lookup(self, items, keys, now: float) -> list[Decision] | None:
         """Decisions for the call if a live denial covers an enforcing rule."""
-        if not self._entries:
+        entries = self._entries
+        if not entries:
             return None
         found = {}
-        with self._lock:
-            for index, (spec, _) in enumerate(items):
-                entry = self._entries.get((keys[index], spec.argv))
-                if entry is None:
-                    continue
-                if entry.deadline <= now:
-                    del self._entries[(keys[index], spec.argv)]
-                else:
-                    found[index] = entry
-            if all(items[i][0].shadow for i in found):
-                return None
+        # Reads need no lock (a dict lookup is atomic); only expiry writes.
+        for index, (spec, _) in enumerate(items):
+            key = (keys[index], spec.argv)
+            entry = entries.get(key)
+            if entry is None:
+                continue
+            if entry.deadline <= now:
+                self._expire(key, entry)
+            else:
+                found[index] = entry
+        if not found or all(items[i][0].shadow for i in found):
+            return None
         return [
             _denied(spec, found[i], now) if i in found else _not_consumed(spec)
             for i, (spec, _) in enumerate(items)
         ]
+
+    def _expire(self, key: tuple, entry: Denial) -> None:
+        with self._lock:
+            if self._entries.get(key) is entry:
+                del self._entries[key]
 
     def remember(self, items, keys, decisions, started: float, epoch: str) -> None:
         """Keep the "limit" denials of a reply sent at ``started``, if the
