@@ -18,3 +18,12 @@ def policies(*entries: dict, **extra):
 
 def statuses(client, path: str, n: int, **kwargs) -> list[int]:
     return [client.get(path, **kwargs).status_code for _ in range(n)]
+
+
+def forget_snapshot(redis_client) -> None:
+    """No snapshot in Redis or in this process: the next read publishes the
+    current rows."""
+    from ratelimit_app.snapshot import snapshot_keys, store
+
+    redis_client.delete(*snapshot_keys())
+    store.forget()

@@ -18,6 +18,7 @@ from ratelimit_app import actions, limiter
 from ratelimit_app.models import Exemption, Policy, Tier, validate_network
 from ratelimit_app.snapshot import decode, snapshot_keys, store
 from ratelimit_app.testing import free_port
+from tests.policy_helpers import forget_snapshot
 
 CHANGELIST = "admin:ratelimit_app_policy_changelist"
 EXPLAIN = "admin:ratelimit_app_policy_explain"
@@ -26,14 +27,9 @@ EXPLAIN = "admin:ratelimit_app_policy_explain"
 @pytest.fixture(autouse=True)
 def fresh_snapshot(redis_client):
     """No snapshot left by another test: the first read publishes this test's rows."""
-
-    def clear():
-        redis_client.delete(*snapshot_keys())
-        store.forget()
-
-    clear()
+    forget_snapshot(redis_client)
     yield
-    clear()
+    forget_snapshot(redis_client)
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ from django.core.management.base import CommandError
 
 from ratelimit_app import limiter
 from ratelimit_app.models import Exemption, Policy, Tier
-from ratelimit_app.snapshot import snapshot_keys, store
+from ratelimit_app.snapshot import store
 from ratelimit_app.testing import free_port
+from tests.policy_helpers import forget_snapshot
 
 pytestmark = pytest.mark.django_db
 
@@ -27,14 +28,9 @@ CLIENT_IP = "203.0.113.9"
 @pytest.fixture(autouse=True)
 def fresh_snapshot(redis_client):
     """No snapshot left by another test: the first read publishes this test's rows."""
-
-    def clear():
-        redis_client.delete(*snapshot_keys())
-        store.forget()
-
-    clear()
+    forget_snapshot(redis_client)
     yield
-    clear()
+    forget_snapshot(redis_client)
 
 
 def run(*args, **options) -> tuple[str, str]:
