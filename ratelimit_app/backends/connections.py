@@ -12,6 +12,7 @@ from __future__ import annotations
 from functools import cache
 
 import redis.asyncio.connection as async_connection
+import redis.asyncio.retry as async_retry
 import redis.connection as sync_connection
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError
@@ -38,12 +39,29 @@ def setup_retry() -> Retry:
     )
 
 
+@cache
+def async_setup_retry() -> async_retry.Retry:
+    """``setup_retry`` for asyncio connections, whose Retry awaits each try
+    (the sync one would hand back the coroutine and retry nothing)."""
+    return async_retry.Retry(
+        ExponentialBackoff(cap=SETUP_BACKOFF_CAP, base=SETUP_BACKOFF_BASE),
+        conf.number("REDIS_CONNECT_RETRIES"),
+        supported_errors=(ConnectionError,),
+    )
+
+
 conf.on_change(setup_retry.cache_clear)
+conf.on_change(async_setup_retry.cache_clear)
 
 
-def command_retry() -> Retry:
-    """No retries: a command that failed applies the fail modes instead."""
-    return Retry(NoBackoff(), 0)
+def command_retry(*, asyncio: bool = False) -> Retry | async_retry.Retry:
+    """No retries: a command that failed applies the fail modes instead.
+
+    asyncio clients await their Retry: only an asyncio Retry sees the error
+    and lets the client disconnect the failed connection.
+    """
+    kind = async_retry.Retry if asyncio else Retry
+    return kind(NoBackoff(), 0)
 
 
 class _SetupRetrying:
@@ -69,7 +87,7 @@ class _SetupRetrying:
 class _AsyncSetupRetrying:
     async def connect(self, *args, **kwargs):
         command = self.retry
-        self.retry = setup_retry()
+        self.retry = async_setup_retry()
         try:
             return await super().connect(*args, **kwargs)
         finally:
@@ -77,7 +95,7 @@ class _AsyncSetupRetrying:
 
     async def check_health(self, *args, **kwargs):
         command = self.retry
-        self.retry = setup_retry()
+        self.retry = async_setup_retry()
         try:
             return await super().check_health(*args, **kwargs)
         finally:

@@ -33,7 +33,7 @@ def client_options(url: str = "", *, asyncio: bool = False) -> dict[str, Any]:
     options: dict[str, Any] = {
         "socket_connect_timeout": conf.number("REDIS_CONNECT_TIMEOUT"),
         "socket_timeout": conf.number("REDIS_SOCKET_TIMEOUT"),
-        "retry": command_retry(),
+        "retry": command_retry(asyncio=asyncio),
         "max_connections": conf.number("REDIS_MAX_CONNECTIONS"),
         "health_check_interval": conf.number("REDIS_HEALTH_CHECK_INTERVAL"),
     }
