@@ -51,11 +51,12 @@ class RuleSpec:
     scope: str
     rate: Rate
     shadow: bool
+    lease: bool = False
 
 
 @lru_cache(maxsize=4096, typed=True)
-def _cached_spec(scope, rate, algorithm, cost, burst, shadow) -> RuleSpec:
-    return rule_spec(Rule(scope, "", rate, algorithm, cost, burst, shadow))
+def _cached_spec(scope, rate, algorithm, cost, burst, shadow, lease) -> RuleSpec:
+    return rule_spec(Rule(scope, "", rate, algorithm, cost, burst, shadow, lease))
 
 
 def rule_spec(rule: Rule) -> RuleSpec:
@@ -78,14 +79,16 @@ def rule_spec(rule: Rule) -> RuleSpec:
         rule.scope,
         rate,
         rule.shadow,
+        rule.lease,
     )
 
 
-def spec_of(scope, rate, algorithm, cost, burst, shadow=False) -> RuleSpec:
+def spec_of(scope, rate, algorithm, cost, burst, shadow=False, lease=False) -> RuleSpec:
     try:
-        return _cached_spec(scope, rate, algorithm, cost, burst, shadow)
+        return _cached_spec(scope, rate, algorithm, cost, burst, shadow, lease)
     except TypeError:  # unhashable arguments: the uncached checks explain
-        return rule_spec(Rule(scope, "", rate, algorithm, cost, burst, shadow))
+        rule = Rule(scope, "", rate, algorithm, cost, burst, shadow, lease)
+        return rule_spec(rule)
 
 
 class Limiter:
@@ -568,7 +571,10 @@ def _merged(items, replies: dict[int, list]) -> list[Decision]:
 
 def _items(rules: Iterable[Rule]) -> list[tuple[RuleSpec, Identity]]:
     return [
-        (spec_of(r.scope, r.rate, r.algorithm, r.cost, r.burst, r.shadow), r.identity)
+        (
+            spec_of(r.scope, r.rate, r.algorithm, r.cost, r.burst, r.shadow, r.lease),
+            r.identity,
+        )
         for r in rules
     ]
 

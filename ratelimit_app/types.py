@@ -18,6 +18,9 @@ ALGORITHMS = (
 WINDOW_ALGORITHMS = frozenset(
     {"fixed_window", "sliding_window_log", "sliding_window_counter"}
 )
+# The algorithms whose units a process may lease (see leases.py): their state
+# can hand out k units at once and take unused ones back safely.
+LEASE_ALGORITHMS = frozenset({"fixed_window", "token_bucket", "gcra"})
 
 # Lua evaluates with IEEE doubles: keep every scaled quantity (capacity x
 # period in ms) well inside the 2**53 range where integers are exact.
@@ -32,6 +35,8 @@ class Rule:
 
     ``burst`` is the capacity of the bucket algorithms (default: the rate's
     limit). ``shadow`` rules are evaluated and reported but never block.
+    ``lease`` lets each process take units in advance and admit from them
+    locally (enforcing fixed_window, token_bucket and gcra rules; see leases).
     """
 
     scope: str
@@ -41,6 +46,7 @@ class Rule:
     cost: int = 1
     burst: int | None = None
     shadow: bool = False
+    lease: bool = False
     _rate: Rate = field(init=False, repr=False, compare=False)
     capacity: int = field(init=False, repr=False, compare=False)
 
@@ -54,6 +60,7 @@ class Rule:
             rate, capacity = _check_spec(
                 self.scope, self.rate, self.algorithm, self.cost, self.burst
             )
+        check_lease(self.lease, self.algorithm, self.shadow)
         object.__setattr__(self, "_rate", rate)
         object.__setattr__(self, "capacity", capacity)
 
@@ -68,6 +75,21 @@ def check_identity(identity: object) -> Identity:
             f"identity must be str, bytes or int, got {type(identity).__name__}."
         )
     return identity
+
+
+def check_lease(lease: object, algorithm: str, shadow: bool) -> None:
+    if not isinstance(lease, bool):
+        raise TypeError(f"lease must be True or False, got {lease!r}.")
+    if lease and algorithm not in LEASE_ALGORITHMS:
+        raise ValueError(
+            f"lease applies to {', '.join(sorted(LEASE_ALGORITHMS))}; "
+            f"{algorithm} cannot hand out units in advance. Turn lease off or "
+            "pick one of those algorithms."
+        )
+    if lease and shadow:
+        raise ValueError(
+            "A shadow rule cannot lease (it never consumes); turn lease off."
+        )
 
 
 def _check_spec(
