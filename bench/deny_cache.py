@@ -42,7 +42,7 @@ def main() -> None:
     prefix = f"bench-dc-{secrets.token_hex(4)}"
     with bench_redis() as url:
         configure_django(url, prefix)
-        from ratelimit_app.deny_cache import cache
+        from ratelimit_app import local_usage
         from ratelimit_app.limiter import Limiter
 
         with override_settings(RATELIMIT={"REDIS_URL": url, "KEY_PREFIX": prefix}):
@@ -67,7 +67,7 @@ def main() -> None:
                 random.shuffle(order)
                 for name in order:
                     rates[name].append(rate_of(contenders[name], options.calls))
-            cache.flush()
+            local_usage.buffer.flush()
         finally:
             delete_keys(client, prefix)
     floor_rate = statistics.median(rates["floor (EVALSHA `return 1`)"])

@@ -38,7 +38,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 from redis.exceptions import NoScriptError, ResponseError
 
-from . import conf, deny_cache, distinct, offenders, usage
+from . import conf, distinct, local_usage, offenders, usage
 from .backends.redis import get_client
 from .backends.topology import evalsha_each
 from .models import DrainBatch, UsageDay, UsageHour, UsageMinute, UsageOffender
@@ -124,7 +124,7 @@ class DrainReport:
 
 def drain_usage(client=None) -> DrainReport:
     """Move every shard's counters into the minute rows, exactly once."""
-    deny_cache.cache.flush()  # this process's locally denied requests first
+    local_usage.buffer.flush()  # this process's local decisions first
     client = client if client is not None else get_client()
     prefix = conf.key_prefix()
     shards = range(conf.shard_count())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 from functools import cache
 from typing import Any
@@ -87,6 +88,15 @@ DEFAULTS: dict[str, Any] = {
     # Denials the deny cache remembers per process (least recently denied
     # forgotten first, ~300 bytes each); a forgotten one asks Redis again.
     "DENY_CACHE_MAX_KEYS": 10_000,
+    # Token leasing (policies with lease on; see leases): the longest a lease
+    # lives (a fixed_window lease also ends with its window). Token bucket and
+    # GCRA may admit up to rate x this more over an interval than exactly.
+    "LEASE_MAX_SECONDS": 0.5,
+    # The largest lease as a share of the rule's capacity; at most processes x
+    # this much can sit unused in leases (possible under-admission).
+    "LEASE_MAX_SHARE": 0.05,
+    # Leases a process keeps (least recently granted given back first).
+    "LEASE_MAX_KEYS": 10_000,
     # Redis errors within BREAKER_WINDOW seconds that open the circuit breaker:
     # Redis is then not called for BREAKER_COOLDOWN seconds (the fail modes
     # decide at once), then one request probes it.
@@ -202,7 +212,12 @@ _NUMBERS = (
     ("REDIS_CONNECT_RETRIES", 0, True),
     ("REDIS_MAX_CONNECTIONS", 1, True),
     ("REDIS_HEALTH_CHECK_INTERVAL", 0, False),
+    ("LEASE_MAX_SECONDS", 0.001, False),
+    ("LEASE_MAX_SHARE", 0.0001, False),
+    ("LEASE_MAX_KEYS", 1, True),
 )
+# Settings that are shares: at most 1.
+_SHARES = frozenset({"LEASE_MAX_SHARE"})
 
 
 def number(name: str) -> int | float:
@@ -210,11 +225,17 @@ def number(name: str) -> int | float:
     _, low, integer = next(n for n in _NUMBERS if n[0] == name)
     value = get(name)
     kinds = int if integer else (int, float)
-    if not isinstance(value, kinds) or isinstance(value, bool) or value < low:
+    high = 1 if name in _SHARES else math.inf
+    if (
+        not isinstance(value, kinds)
+        or isinstance(value, bool)
+        or not low <= value <= high
+    ):
         kind = "an integer" if integer else "a number"
+        most = f" and at most {high}" if high < math.inf else ""
         raise ImproperlyConfigured(
-            f"RATELIMIT[{name!r}] = {value!r}: use {kind} of at least {low} "
-            f"(default {DEFAULTS[name]!r})."
+            f"RATELIMIT[{name!r}] = {value!r}: use {kind} of at least {low}"
+            f"{most} (default {DEFAULTS[name]!r})."
         )
     return value
 

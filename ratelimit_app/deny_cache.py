@@ -31,40 +31,22 @@ local answer needs an epoch read younger than the interval: a process that
 does not refresh policies (``limiter.hit`` alone) reads the key itself, once
 per interval, and only when it is about to answer locally.
 
-Locally denied requests are still counted: the blocked (or shadow) count, the distinct
-clients HyperLogLog and the offenders set, exactly as the script would,
-buffered here and written to the shard's live usage hash by a daemon thread
-at most every ``FLUSH_INTERVAL`` (and at exit). The minute comes from Redis
-``TIME`` read in the flush, minus each count's age (100 ms buckets). A
-process killed without running ``atexit`` (SIGKILL, a crash) loses the counts
-of at most its last ``FLUSH_INTERVAL``; a Redis error keeps the counts for the
-next flush. ``aggregation.drain_usage`` flushes this process's buffer first.
+Locally denied requests are still counted: the blocked (or shadow) count, the
+distinct clients HyperLogLog and the offenders set, exactly as the script
+would, through ``local_usage`` (batched into Redis every second, never lost
+but by a killed process's last second).
 """
 
 from __future__ import annotations
 
-import atexit
-import logging
 import math
-import os
 import threading
-import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
-
-from . import conf, usage
+from . import conf
+from .local_usage import buffer, now_ms
 from .types import Decision
-
-logger = logging.getLogger("ratelimit_app")
-
-# Seconds between two writes of the buffered usage counts.
-FLUSH_INTERVAL = 1.0
-# Buffered counts are kept per this many milliseconds (their minute is exact
-# but for counts made this close to a minute's end).
-BUCKET_MS = 100
-
 
 # Seconds the epoch key lives after a reset (every key has a TTL); its expiry
 # only makes every process drop its denials once more.
@@ -74,10 +56,6 @@ EPOCH_TTL = 7 * 24 * 3600
 def epoch_key(prefix: str) -> str:
     """Rewritten on every reset; beside the snapshot keys (same hash tag)."""
     return f"{prefix}{{policies}}:epoch"
-
-
-def now_ms() -> float:
-    return time.monotonic() * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +74,6 @@ class DenyCache:
         self._epochs: dict[str, tuple[object, float]] = {}
         self._known: dict[str, float] = {}  # epoch key -> first read
         self._cleared_at = -math.inf
-        self._counts: Counter = Counter()
-        self._flusher_pid: int | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -123,7 +99,7 @@ class DenyCache:
         if not found or all(items[i][0].shadow for i in found):
             return None
         return [
-            _denied(spec, found[i], now) if i in found else _not_consumed(spec)
+            _denied(spec, found[i], now) if i in found else not_consumed(spec)
             for i, (spec, _) in enumerate(items)
         ]
 
@@ -192,84 +168,16 @@ class DenyCache:
 
     # -- usage counts ----------------------------------------------------------
 
-    def count(self, limiter, items, keys, decisions, now: float) -> None:
-        """Buffer what the script would have counted for a locally denied call."""
+    def count(self, limiter, items, keys, decisions) -> None:
+        """Count what the script would have for a locally denied call."""
         if not limiter.usage_ttl:
             return
-        live = usage.live_key_of(keys[0])  # the call's first rule's shard counts
-        bucket = int(now // BUCKET_MS)
-        with self._lock:
-            for index, decision in enumerate(decisions):
-                if decision.reason != "limit":
-                    continue
-                metric = "s" if decision.shadow else "b"
+        for index, decision in enumerate(decisions):
+            if decision.reason == "limit":
                 spec, identity = items[index]
-                digest = _digest_of(keys[index])
+                metric = "s" if decision.shadow else "b"
                 label = limiter._label(identity)
-                where = (limiter.client, live, limiter.usage_ttl)
-                what = (limiter.offenders_kept, spec.scope, metric, digest, label)
-                self._counts[(where, what, bucket)] += 1
-        self._start_flusher()
-
-    def _start_flusher(self) -> None:
-        pid = os.getpid()
-        if self._flusher_pid == pid:
-            return
-        with self._lock:
-            if self._flusher_pid == pid:
-                return
-            self._flusher_pid = pid
-        threading.Thread(target=self._flush_forever, daemon=True).start()
-
-    def _flush_forever(self) -> None:
-        while True:
-            time.sleep(FLUSH_INTERVAL)
-            self.flush()
-
-    def flush(self) -> int:
-        """Write the buffered counts to Redis; return how many denials went."""
-        with self._lock:
-            counts, self._counts = self._counts, Counter()
-        by_client: dict = {}
-        for (where, what, bucket), n in counts.items():
-            by_client.setdefault(where[0], []).append((where, what, bucket, n))
-        written = 0
-        for client, rows in by_client.items():
-            try:
-                _write(client, rows)
-                written += sum(row[3] for row in rows)
-            except RedisError as exc:
-                logger.warning("ratelimit: deny cache usage counts kept: %s", exc)
-                with self._lock:
-                    for where, what, bucket, n in rows:
-                        self._counts[(where, what, bucket)] += n
-        return written
-
-
-def _write(client, rows) -> None:
-    """One pipeline of the script's writes for a denial (HINCRBY "b", PFADD,
-    ZINCRBY), the minute from Redis TIME minus each count's age."""
-    seconds, micros = client.time()
-    redis_now, local_now = seconds * 1000 + micros // 1000, now_ms()
-    pipe = client.pipeline(transaction=False)
-    for (_, live, ttl), (kept, scope, metric, digest, label), bucket, n in rows:
-        age = local_now - (bucket + 0.5) * BUCKET_MS
-        minute = int((redis_now - max(age, 0)) // 60000)
-        pipe.hincrby(live, usage.encode_field(minute, scope, metric), n)
-        pipe.pexpire(live, ttl)
-        hll = f"{live}:hll:{minute}|{scope}"
-        pipe.pfadd(hll, digest)
-        pipe.pexpire(hll, ttl)
-        top = f"{live}:top"
-        pipe.zincrby(top, n, f"{minute}|{digest}|{label}|{scope}")
-        pipe.pexpire(top, ttl)
-        pipe.zremrangebyrank(top, 0, -kept - 1)  # keep the highest ``kept``
-    pipe.execute()
-
-
-def _digest_of(key: str) -> str:
-    """The identity digest of ``<prefix>{s<N>}:<digest>:<scope>:<alg>``."""
-    return key[key.index("}") + 2 :].split(":", 1)[0]
+                buffer.add(limiter, keys[index], spec.scope, metric, 1, label)
 
 
 def _denied(spec, entry: Denial, now: float) -> Decision:
@@ -285,11 +193,10 @@ def _denied(spec, entry: Denial, now: float) -> Decision:
     )
 
 
-def _not_consumed(spec) -> Decision:
+def not_consumed(spec) -> Decision:
     return Decision(
         True, spec.capacity, 0, 0.0, 0.0, spec.scope, "not_consumed", spec.shadow
     )
 
 
 cache = DenyCache()
-atexit.register(cache.flush)

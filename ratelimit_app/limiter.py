@@ -14,8 +14,8 @@ from functools import cache, lru_cache
 
 from redis.exceptions import RedisError
 
-from . import conf, deny_cache, fallback, usage
-from .algorithms import REPLY_FIELDS, Script, script_for
+from . import conf, deny_cache, fallback, leases, usage
+from .algorithms import LEASE_REPLY_FIELDS, REPLY_FIELDS, Script, script_for
 from .backends.redis import arun_script, get_async_client, get_client, run_script
 from .backends.topology import is_cluster
 from .breaker import CircuitBreaker
@@ -129,6 +129,7 @@ class Limiter:
         on = conf.get("DENY_CACHE") and clock is None
         self.deny = deny_cache.cache if on else None
         self.epoch_key = deny_cache.epoch_key(self.prefix)
+        self.leases = leases.table
 
     @property
     def client(self):
@@ -154,9 +155,15 @@ class Limiter:
     def _base(self, identity: Identity) -> str:
         return identity_base(self.prefix, self.shards, self.secret, identity)
 
-    def pack(self, items: Sequence[tuple[RuleSpec, Identity]], mode: str):
+    def pack(
+        self,
+        items: Sequence[tuple[RuleSpec, Identity]],
+        mode: str,
+        wants: Sequence[int] = (),
+    ):
         """The script, KEYS and ARGV of one call; rules of one identity share
-        a hash tag, so they sit in one Redis Cluster slot."""
+        a hash tag, so they sit in one Redis Cluster slot. ``wants`` (the
+        "lease" mode) gives each rule's units wanted."""
         bases: dict[Identity, str] = {}
         keys, args, algorithms = [], self._header(mode), set()
         for spec, identity in items:
@@ -166,6 +173,8 @@ class Limiter:
             keys.append(base + spec.suffix)
             args += spec.argv
             args.append(self._label(identity))
+            if wants:
+                args.append(wants[len(keys) - 1])
             algorithms.add(spec.argv[0])
         if len(set(keys)) != len(keys):
             raise ValueError(
@@ -229,18 +238,27 @@ class Limiter:
         return self._call(client, script, keys, args, items, mode)
 
     def _call(self, client, script, keys, args, items, mode) -> list[Decision]:
-        """One script call, unless the deny cache answers."""
-        if self.deny is None or mode != "hit":
-            return to_decisions(items, run_script(client, script, keys, args))
+        """One script call, unless a lease or the deny cache answers."""
+        if mode == "hit" and _leased(items):
+            return self._leased_call(client, items, keys)
+        return self._ask(client, script, keys, args, items, mode)[0]
+
+    def _ask(self, client, script, keys, args, items, mode):
+        """(decisions, the script's reply, or None when the deny cache answered)."""
+        fields = _reply_fields(mode)
+        if self.deny is None or mode == "peek":
+            reply = run_script(client, script, keys, args)
+            return to_decisions(items, reply, fields), reply
         started = deny_cache.now_ms()
         local = self.deny.lookup(items, keys, started)
         if local is not None and not self.deny.fresh(self.epoch_key, started):
             self.deny.observe(self.epoch_key, client.get(self.epoch_key), started)
             local = self.deny.lookup(items, keys, deny_cache.now_ms())
         if local is not None:
-            self.deny.count(self, items, keys, local, started)
-            return local
-        decisions = to_decisions(items, run_script(client, script, keys, args))
+            self.deny.count(self, items, keys, local)
+            return local, None
+        reply = run_script(client, script, keys, args)
+        decisions = to_decisions(items, reply, fields)
         if self.deny.known(self.epoch_key):
             self.deny.remember(items, keys, decisions, started, self.epoch_key)
         elif not all(d.allowed for d in decisions):
@@ -248,7 +266,22 @@ class Limiter:
             with contextlib.suppress(RedisError):
                 epoch = client.get(self.epoch_key)
                 self.deny.observe(self.epoch_key, epoch, deny_cache.now_ms())
-        return decisions
+        return decisions, reply
+
+    def _leased_call(self, client, items, keys) -> list[Decision]:
+        """Leased rules from this process's leases; Redis for the others."""
+        call = leases.LeasedCall(self.leases, self, items, keys)
+        local = call.local()
+        if local is not None:
+            return local
+        pending, _, wants = call.pending()
+        try:
+            script, keys, args = self.pack(pending, "lease", wants)
+            decisions, reply = self._ask(client, script, keys, args, pending, "lease")
+        except BaseException:
+            call.abort()
+            raise
+        return call.settle(decisions, reply, wants)
 
     def _decide_per_identity(self, client, items, mode: str) -> list[Decision]:
         """One call per identity, in order of first appearance (Redis Cluster:
@@ -382,8 +415,16 @@ class Limiter:
 
     async def _acall(self, client, script, keys, args, items, mode):
         """The asyncio twin of ``_call``."""
-        if self.deny is None or mode != "hit":
-            return to_decisions(items, await arun_script(client, script, keys, args))
+        if mode == "hit" and _leased(items):
+            return await self._aleased_call(client, items, keys)
+        return (await self._aask(client, script, keys, args, items, mode))[0]
+
+    async def _aask(self, client, script, keys, args, items, mode):
+        """The asyncio twin of ``_ask``."""
+        fields = _reply_fields(mode)
+        if self.deny is None or mode == "peek":
+            reply = await arun_script(client, script, keys, args)
+            return to_decisions(items, reply, fields), reply
         started = deny_cache.now_ms()
         local = self.deny.lookup(items, keys, started)
         if local is not None and not self.deny.fresh(self.epoch_key, started):
@@ -391,17 +432,34 @@ class Limiter:
             self.deny.observe(self.epoch_key, epoch, started)
             local = self.deny.lookup(items, keys, deny_cache.now_ms())
         if local is not None:
-            self.deny.count(self, items, keys, local, started)
-            return local
+            self.deny.count(self, items, keys, local)
+            return local, None
         reply = await arun_script(client, script, keys, args)
-        decisions = to_decisions(items, reply)
+        decisions = to_decisions(items, reply, fields)
         if self.deny.known(self.epoch_key):
             self.deny.remember(items, keys, decisions, started, self.epoch_key)
         elif not all(d.allowed for d in decisions):
             with contextlib.suppress(RedisError):
                 epoch = await client.get(self.epoch_key)
                 self.deny.observe(self.epoch_key, epoch, deny_cache.now_ms())
-        return decisions
+        return decisions, reply
+
+    async def _aleased_call(self, client, items, keys) -> list[Decision]:
+        """The asyncio twin of ``_leased_call``."""
+        call = leases.LeasedCall(self.leases, self, items, keys)
+        local = call.local()
+        if local is not None:
+            return local
+        pending, _, wants = call.pending()
+        try:
+            script, keys, args = self.pack(pending, "lease", wants)
+            decisions, reply = await self._aask(
+                client, script, keys, args, pending, "lease"
+            )
+        except BaseException:
+            call.abort()
+            raise
+        return call.settle(decisions, reply, wants)
 
     async def _adecide_per_identity(self, client, items, mode: str):
         """The asyncio twin of ``_decide_per_identity``."""
@@ -488,9 +546,16 @@ class Limiter:
             deny_cache.cache.clear()
 
 
-def to_decision(reply: list, index: int, capacity: int, scope: str, shadow: bool):
+def to_decision(
+    reply: list,
+    index: int,
+    capacity: int,
+    scope: str,
+    shadow: bool,
+    fields: int = REPLY_FIELDS,
+):
     """Rule ``index`` of the driver's flat reply as a Decision."""
-    offset = 1 + index * REPLY_FIELDS
+    offset = 1 + index * fields
     status, remaining, reset_ms, retry_ms = reply[offset : offset + REPLY_FIELDS]
     return Decision(
         status == 0 or status == 2,
@@ -504,12 +569,22 @@ def to_decision(reply: list, index: int, capacity: int, scope: str, shadow: bool
     )
 
 
-def to_decisions(items: Sequence[tuple[RuleSpec, Identity]], reply: list):
-    """One Decision per rule, in order."""
+def to_decisions(
+    items: Sequence[tuple[RuleSpec, Identity]], reply: list, fields=REPLY_FIELDS
+):
+    """One Decision per rule, in order (``fields`` per rule in the reply)."""
     return [
-        to_decision(reply, index, spec.capacity, spec.scope, spec.shadow)
+        to_decision(reply, index, spec.capacity, spec.scope, spec.shadow, fields)
         for index, (spec, _) in enumerate(items)
     ]
+
+
+def _reply_fields(mode: str) -> int:
+    return LEASE_REPLY_FIELDS if mode == "lease" else REPLY_FIELDS
+
+
+def _leased(items: Sequence[tuple[RuleSpec, Identity]]) -> bool:
+    return any(spec.lease for spec, _ in items)
 
 
 def _token() -> str:

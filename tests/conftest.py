@@ -85,3 +85,33 @@ def close_async_test_connections():
     from django.db import connections
 
     SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The scripts the limiter sent to Redis (a counting wrapper, not a mock)."""
+    from ratelimit_app import limiter as limiter_module
+
+    sent = []
+
+    def counted(original):
+        def run(*args, **kwargs):
+            sent.append(args[1])
+            return original(*args, **kwargs)
+
+        return run
+
+    def acounted(original):
+        async def run(*args, **kwargs):
+            sent.append(args[1])
+            return await original(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(
+        limiter_module, "run_script", counted(limiter_module.run_script)
+    )
+    monkeypatch.setattr(
+        limiter_module, "arun_script", acounted(limiter_module.arun_script)
+    )
+    return sent

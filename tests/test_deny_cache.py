@@ -12,7 +12,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from ratelimit_app import aggregation, conf, limiter, usage
+from ratelimit_app import aggregation, conf, limiter, local_usage, usage
 from ratelimit_app.deny_cache import cache, now_ms
 from ratelimit_app.limiter import Limiter
 from ratelimit_app.models import Policy, UsageMinute
@@ -31,32 +31,8 @@ def deny_cache_on(settings):
     engine = limiter.default_limiter()
     cache.observe(engine.epoch_key, engine.client.get(engine.epoch_key), now_ms())
     yield
-    cache.flush()  # before the prefix's keys are deleted
+    local_usage.buffer.flush()  # before the prefix's keys are deleted
     cache.clear()
-
-
-@pytest.fixture
-def calls(monkeypatch):
-    """How many scripts the limiter sent to Redis."""
-    sent = []
-
-    def counted(original):
-        def run(*args, **kwargs):
-            sent.append(args[1])
-            return original(*args, **kwargs)
-
-        return run
-
-    def acounted(original):
-        async def run(*args, **kwargs):
-            sent.append(args[1])
-            return await original(*args, **kwargs)
-
-        return run
-
-    monkeypatch.setattr(limiter, "run_script", counted(limiter.run_script))
-    monkeypatch.setattr(limiter, "arun_script", acounted(limiter.arun_script))
-    return sent
 
 
 def hits(n, scope="s", identity="client", rate="1/m", **kwargs):
@@ -206,7 +182,7 @@ def test_stats_stay_exact_with_most_denials_answered_locally(calls):
     denied = [d for d in hits(41) if not d.allowed]
     assert len(denied) == 40 and len(calls) <= 3
     live_keys = list(cache_usage_keys())
-    assert cache.flush() >= 37
+    assert local_usage.buffer.flush() >= 37
     top = sum(
         score
         for key in live_keys

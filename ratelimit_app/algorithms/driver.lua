@@ -1,12 +1,18 @@
 -- driver: evaluates many rules in one call, all-or-nothing; concatenated last.
 -- KEYS: one state key per rule (distinct keys), then, when usage is counted,
 --   the live usage hash of the first rule's shard (see ratelimit_app/usage.py).
--- ARGV: mode ("hit" or "peek"), now_ms ("" = Redis TIME; a test clock passes
+-- ARGV: mode ("hit", "peek" or "lease"), now_ms ("" = Redis TIME; a test clock passes
 --   milliseconds), usage TTL ms ("" = do not count), offenders kept per shard,
 --   then 8 fields per rule: algorithm, limit, period_ms, capacity, cost,
---   shadow ("1" or "0"), scope, label (the identity as safe to display).
+--   shadow ("1" or "0"), scope, label (the identity as safe to display);
+--   in "lease" mode a 9th: the units wanted (0: not leased; see leases.py).
 -- Returns: {allowed (1/0), then 4 integers per rule: status, remaining,
---   reset_after_ms, retry_after_ms (-1 = never)}
+--   reset_after_ms, retry_after_ms (-1 = never)}; in "lease" mode 3 more per
+--   rule: units granted (the cost, or more for a leased rule), the lease's
+--   mark and horizon_ms (see LEASES in the prelude; 0 and -1 when not leased).
+-- "lease" is "hit" where a leased rule that passes consumes min(wanted,
+--   available) units (at least its cost); usage counts only the cost: the
+--   process counts the units it admits from the lease itself.
 --   status: 0 consumed, 1 denied, 2 had room but not consumed (another
 --   rule blocked, or peek), 3 cost exceeds capacity.
 -- A rule that denies blocks the whole call unless it is a shadow rule; when
@@ -25,7 +31,9 @@ if not now then
   local time = redis.call('TIME')
   now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
-local FIELDS, HEADER = 8, 4
+local mode = ARGV[1]
+local leasing = mode == 'lease'
+local FIELDS, HEADER = leasing and 9 or 8, 4
 local rules = (#ARGV - HEADER) / FIELDS
 
 -- Pass 1: every rule's verdict, nothing written. Flat: 6 slots per rule.
@@ -53,7 +61,7 @@ for i = 1, rules do
 end
 
 -- Usage counters: HINCRBY, and the hash's TTL whenever a field is new.
-local usage_ttl = ARGV[1] == 'hit' and tonumber(ARGV[3])
+local usage_ttl = mode ~= 'peek' and tonumber(ARGV[3])
 local usage_key = KEYS[rules + 1]
 local minute = int(math.floor(now / 60000))
 local function count(scope, metric, amount)
@@ -87,21 +95,35 @@ local function offended(scope, key, label)
 end
 
 -- Pass 2: consume from every rule that had room, only if nothing blocked.
-local consume = ARGV[1] == 'hit' and not blocked
+local consume = mode ~= 'peek' and not blocked
 local reply = {blocked and 0 or 1}
 for i = 1, rules do
   local base, v = HEADER + (i - 1) * FIELDS, (i - 1) * 6
   local status, remaining, retry = verdicts[v + 1], verdicts[v + 2], verdicts[v + 3]
   local reset = verdicts[v + 4]
+  local granted, mark, horizon = 0, 0, -1
   if status == 0 and consume then
     local name, cost = ARGV[base + 1], tonumber(ARGV[base + 5])
     local commit = COMMITS[name]
+    granted = cost
+    local lease = leasing and LEASES[name]
+    if lease then
+      granted = math.max(cost, math.min(tonumber(ARGV[base + 9]), remaining))
+      if granted > cost then  -- the state after taking `granted` units
+        local _, _, _, _, reset_next, state = ALGORITHMS[name](KEYS[i], now,
+          tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4]), granted)
+        verdicts[v + 5], verdicts[v + 6] = reset_next, state
+      end
+      mark = lease.mark(now, tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]),
+        tonumber(ARGV[base + 4]), verdicts[v + 6])
+      horizon = lease.horizon(now, tonumber(ARGV[base + 3]))
+    end
     if commit then
       commit(KEYS[i], now, tonumber(ARGV[base + 3]), cost)
     else
       redis.call('SET', KEYS[i], verdicts[v + 6], 'PX', verdicts[v + 5])
     end
-    remaining, reset = remaining - cost, verdicts[v + 5]
+    remaining, reset = remaining - granted, verdicts[v + 5]
     if usage_ttl then
       count(ARGV[base + 7], 'a', 1)
       count(ARGV[base + 7], 'c', cost)
@@ -122,5 +144,10 @@ for i = 1, rules do
   reply[#reply + 1] = remaining
   reply[#reply + 1] = reset
   reply[#reply + 1] = retry
+  if leasing then
+    reply[#reply + 1] = granted
+    reply[#reply + 1] = mark
+    reply[#reply + 1] = horizon
+  end
 end
 return reply

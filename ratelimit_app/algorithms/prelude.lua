@@ -11,10 +11,17 @@
 --   state       the string to SET (with PX reset_next) when consuming; an
 --               algorithm with other storage registers COMMITS.<name>(key,
 --               now, period, cost) instead
+-- An algorithm whose units a process may lease (see leases.py) registers
+-- LEASES.<name> = {mark = function(now, limit, period, capacity, state),
+-- horizon = function(now, period), give_back = function(key, now, limit,
+-- period, capacity, units, mark)}: the mark a grant hands the process (a
+-- Redis time in ms), the ms a lease may live at most (-1 = no limit of its
+-- own), and taking back unused units no more generously than if they had
+-- never been leased (returns the units taken back).
 -- Quantities are integers kept below 2^50 (checked in Python), so IEEE
 -- doubles represent them exactly. Only the algorithms a call uses are
 -- concatenated into its script.
-local ALGORITHMS, COMMITS, RESETS = {}, {}, {}
+local ALGORITHMS, COMMITS, RESETS, LEASES = {}, {}, {}, {}
 
 -- Lua's tostring keeps 14 significant digits; timestamps need more.
 local function int(x)

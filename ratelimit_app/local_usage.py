@@ -1,0 +1,157 @@
+"""Usage counted in-process, for decisions made without Redis; written in batches.
+
+The deny cache (local denials) and token leasing (local admissions) answer
+some requests without calling the decision script, which would otherwise
+have counted them. They add what the script would have written here:
+
+* ``"a"`` (an admitted request) and ``"c"`` (its cost): the per-minute count
+  and the identity digest in the (minute, scope) distinct-clients HyperLogLog;
+* ``"b"`` or ``"s"`` (a blocked or shadow-blocked request): the count, the
+  HyperLogLog and the shard's offenders set.
+
+A daemon thread writes the buffer to the shard's live usage hash at most
+every ``FLUSH_INTERVAL`` (and at exit) and runs the other periodic tasks
+registered with ``every_flush`` (lease give-backs). The minute comes from
+Redis ``TIME`` read in the flush, minus each count's age (100 ms buckets). A
+process killed without running ``atexit`` (SIGKILL, a crash) loses the counts
+of at most its last ``FLUSH_INTERVAL``; a Redis error keeps the counts for the
+next flush. ``aggregation.drain_usage`` flushes this process's buffer first.
+A forked child starts with an empty buffer: the parent writes what it had.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
+from . import usage
+
+logger = logging.getLogger("ratelimit_app")
+
+# Seconds between two writes of the buffered usage counts.
+FLUSH_INTERVAL = 1.0
+# Buffered counts are kept per this many milliseconds (their minute is exact
+# but for counts made this close to a minute's end).
+BUCKET_MS = 100
+# Metrics that add to the offenders set (a denial), beside the count and HLL.
+DENIALS = frozenset({"b", "s"})
+
+
+def now_ms() -> float:
+    return time.monotonic() * 1000
+
+
+def digest_of(key: str) -> str:
+    """The identity digest of ``<prefix>{s<N>}:<digest>:<scope>:<alg>``."""
+    return key[key.index("}") + 2 :].split(":", 1)[0]
+
+
+class UsageBuffer:
+    """Counts by (where, what, 100 ms bucket); thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter = Counter()
+        self._tasks: list[Callable[[], object]] = []
+        self._flusher_pid: int | None = None
+
+    def add(self, limiter, key: str, scope: str, metric: str, n: int, label: str):
+        """Count ``n`` of ``metric`` for the rule whose state key is ``key``,
+        in the live usage hash of that key's shard."""
+        where = (limiter.client, usage.live_key_of(key), limiter.usage_ttl)
+        what = (limiter.offenders_kept, scope, metric, digest_of(key), label)
+        bucket = int(now_ms() // BUCKET_MS)
+        with self._lock:
+            self._counts[(where, what, bucket)] += n
+        self.start()
+
+    def every_flush(self, task: Callable[[], object]) -> None:
+        """Run ``task`` in the flusher thread after each write (and at exit)."""
+        if task not in self._tasks:
+            self._tasks.append(task)
+
+    def start(self) -> None:
+        """Start this process's flusher thread, once per process."""
+        pid = os.getpid()
+        if self._flusher_pid == pid:
+            return
+        with self._lock:
+            if self._flusher_pid == pid:
+                return
+            self._flusher_pid = pid
+        threading.Thread(target=self._flush_forever, daemon=True).start()
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(FLUSH_INTERVAL)
+            self.run()
+
+    def run(self) -> None:
+        """One round: the periodic tasks (which may count), then the write."""
+        for task in self._tasks:
+            try:
+                task()
+            except Exception:  # a task's failure must not stop the thread
+                logger.exception("ratelimit: background task %r failed", task)
+        self.flush()
+
+    def flush(self) -> int:
+        """Write the buffered counts to Redis; return how many were written."""
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+        by_client: dict = {}
+        for (where, what, bucket), n in counts.items():
+            by_client.setdefault(where[0], []).append((where, what, bucket, n))
+        written = 0
+        for client, rows in by_client.items():
+            try:
+                _write(client, rows)
+                written += sum(row[3] for row in rows if row[1][2] != "c")
+            except RedisError as exc:
+                logger.warning("ratelimit: local usage counts kept: %s", exc)
+                with self._lock:
+                    for where, what, bucket, n in rows:
+                        self._counts[(where, what, bucket)] += n
+        return written
+
+    def after_fork_in_child(self) -> None:
+        """The parent writes what was buffered before the fork, not the child."""
+        self._lock = threading.Lock()
+        self._counts = Counter()
+        self._flusher_pid = None
+
+
+def _write(client, rows) -> None:
+    """One pipeline of what the script writes per counted decision, the minute
+    from Redis TIME minus each count's age."""
+    seconds, micros = client.time()
+    redis_now, local_now = seconds * 1000 + micros // 1000, now_ms()
+    pipe = client.pipeline(transaction=False)
+    for (_, live, ttl), (kept, scope, metric, digest, label), bucket, n in rows:
+        age = local_now - (bucket + 0.5) * BUCKET_MS
+        minute = int((redis_now - max(age, 0)) // 60000)
+        pipe.hincrby(live, usage.encode_field(minute, scope, metric), n)
+        pipe.pexpire(live, ttl)
+        if metric == "c":
+            continue
+        hll = f"{live}:hll:{minute}|{scope}"
+        pipe.pfadd(hll, digest)
+        pipe.pexpire(hll, ttl)
+        if metric in DENIALS:
+            top = f"{live}:top"
+            pipe.zincrby(top, n, f"{minute}|{digest}|{label}|{scope}")
+            pipe.pexpire(top, ttl)
+            pipe.zremrangebyrank(top, 0, -kept - 1)  # keep the highest ``kept``
+    pipe.execute()
+
+
+buffer = UsageBuffer()
+atexit.register(buffer.run)
+os.register_at_fork(after_in_child=buffer.after_fork_in_child)
