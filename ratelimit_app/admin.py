@@ -28,6 +28,7 @@ from .explanation import cannot_identify, describe_identity, explain
 from .models import Exemption, Mode, Policy, Tier
 from .policies import HTTP_METHODS, CompiledPolicy
 from .snapshot import policy_by_name
+from .types import LEASE_ALGORITHMS
 
 
 class ExemptionInline(admin.TabularInline):
@@ -52,11 +53,12 @@ class PolicyAdmin(admin.ModelAdmin):
         "key",
         "mode",
         "enabled",
+        "lease",
         "priority",
         "matches",
     )
     list_editable = ("enabled", "mode")
-    list_filter = ("enabled", "mode", "algorithm", "fail_mode")
+    list_filter = ("enabled", "mode", "algorithm", "lease", "fail_mode")
     search_fields = ("name", "description", "path", "url_name", "view")
     ordering = ("priority", "name")
     readonly_fields = ("created_at", "updated_at")
@@ -94,12 +96,21 @@ class PolicyAdmin(admin.ModelAdmin):
             },
         ),
         (_("Whom it counts"), {"fields": ("key",)}),
-        (_("The limit"), {"fields": ("rate", "algorithm", "burst", "cost")}),
+        (_("The limit"), {"fields": ("rate", "algorithm", "burst", "cost", "lease")}),
         (
             _("When blocked, and when Redis fails"),
             {"fields": ("status_code", "message", "fail_mode", "fallback_rate")},
         ),
     )
+
+    class Media:
+        js = ("ratelimit_app/policy_lease.js",)
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name == "lease":  # the algorithms the form's script shows it for
+            field.widget.attrs["data-algorithms"] = " ".join(sorted(LEASE_ALGORITHMS))
+        return field
 
     @admin.display(description=_("matches"))
     def matches(self, policy: Policy) -> str:

@@ -362,7 +362,7 @@ def check_redis(app_configs=None, **kwargs) -> list[CheckMessage]:
 
 REQUIRED_FIELDS = ("name", "rate")
 STRING_FIELDS = tuple(f.name for f in fields(PolicySpec) if f.type == "str")
-BOOLEAN_FIELDS = ("enabled", "exempt_staff")
+BOOLEAN_FIELDS = ("enabled", "exempt_staff", "lease")
 INTEGER_FIELDS = ("cost", "priority", "status_code")
 LIST_FIELDS = ("exempt_networks", "exempt_users", "exempt_groups", "tiers")
 

@@ -53,6 +53,15 @@ class Row:
             return f"{self.rule[0].rate} (group tier; policy: {spec.rate})"
         return spec.rate
 
+    @property
+    def algorithm(self) -> str:
+        """The policy's algorithm, and whether its units are leased to processes."""
+        if self.policy.leases:
+            return gettext("%(algorithm)s, leased") % {
+                "algorithm": self.policy.spec.algorithm
+            }
+        return self.policy.spec.algorithm
+
 
 def fake_request(path: str, method: str, ip: str, user=None) -> HttpRequest:
     """A request as the middleware would see it."""

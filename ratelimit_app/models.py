@@ -14,7 +14,7 @@ from django.utils.translation import gettext_lazy as _
 from . import identity
 from .policies import HTTP_METHODS, split_methods
 from .rates import parse_rate
-from .types import ALGORITHMS, Rule
+from .types import ALGORITHMS, Rule, check_lease
 
 
 class Mode(models.TextChoices):
@@ -165,6 +165,13 @@ class Policy(models.Model):
     cost = models.PositiveIntegerField(
         _("cost"), default=1, help_text=_("Units one request consumes.")
     )
+    lease = models.BooleanField(
+        _("lease units to each process"),
+        default=False,
+        help_text=_(
+            "Fixed window, token bucket and GCRA only: each process takes a small batch of units from Redis in one call and admits from it without Redis until the batch is used or the lease ends (at most RATELIMIT['LEASE_MAX_SECONDS']). The price: a process may be refused units that another process leased and has not used; worth it for a busy shared key (a global or per-route limit), not for per-IP keys with a low rate each."
+        ),
+    )
     fail_mode = models.CharField(
         _("when Redis fails"),
         max_length=10,
@@ -217,6 +224,8 @@ class Policy(models.Model):
             )
         if self.fallback_rate:
             check_fallback_rate(self.fallback_rate)
+        if self.lease:
+            check_policy_lease(self.algorithm)
 
 
 def check_rate(
@@ -228,6 +237,14 @@ def check_rate(
     except ValueError as exc:
         target = "burst" if "burst" in str(exc) else field
         raise ValidationError({target: str(exc)}) from exc
+
+
+def check_policy_lease(algorithm: str) -> None:
+    """Refuse lease where the engine would; shadow is fine (it never leases)."""
+    try:
+        check_lease(True, algorithm, False)
+    except ValueError as exc:
+        raise ValidationError({"lease": str(exc)}) from exc
 
 
 def check_fallback_rate(rate: str) -> None:

@@ -13,7 +13,7 @@ from . import identity
 from .fallback import DEFAULT, Fallback, fallback_of
 from .limiter import RuleSpec, spec_of
 from .rates import Rate, to_rate
-from .types import Rule
+from .types import Rule, check_lease
 
 logger = logging.getLogger("ratelimit_app")
 
@@ -35,6 +35,9 @@ class PolicySpec:
     algorithm: str = "gcra"
     burst: int | None = None
     cost: int = 1
+    # Each process leases a batch of units and admits from it locally
+    # (fixed_window, token_bucket, gcra); a shadow policy never leases.
+    lease: bool = False
     enabled: bool = True
     mode: str = "enforce"
     priority: int = 100
@@ -98,7 +101,7 @@ _STR_FIELDS = frozenset(
     ]
 )
 _INT_FIELDS = frozenset({"cost", "priority", "status_code", "burst"})
-_BOOL_FIELDS = frozenset({"enabled", "exempt_staff"})
+_BOOL_FIELDS = frozenset({"enabled", "exempt_staff", "lease"})
 _LIST_FIELDS = frozenset({"exempt_networks", "exempt_users", "exempt_groups", "tiers"})
 
 
@@ -150,6 +153,11 @@ class CompiledPolicy:
         return self.spec.mode == "shadow"
 
     @property
+    def leases(self) -> bool:
+        """True when processes lease units of this policy (never in shadow mode)."""
+        return self.spec.lease and not self.shadow
+
+    @property
     def routed(self) -> bool:
         """True when the policy has a route matcher (used by the middleware)."""
         s = self.spec
@@ -191,7 +199,9 @@ class CompiledPolicy:
             rate, burst = tier.rate, tier.burst
         if cost is None:
             cost = self.spec.cost
-        return spec_of(self.name, rate, self.spec.algorithm, cost, burst, self.shadow)
+        return spec_of(
+            self.name, rate, self.spec.algorithm, cost, burst, self.shadow, self.leases
+        )
 
     def _best_tier(self, groups: frozenset[str]) -> Tier | None:
         """The most generous tier among the client's groups."""
@@ -219,6 +229,8 @@ def compile_spec(spec: PolicySpec) -> CompiledPolicy:
     """Validate and compile; raise ValueError saying what is wrong."""
     # The engine's own checks: rate, algorithm, burst, cost.
     rule = Rule(spec.name, "x", spec.rate, spec.algorithm, spec.cost, spec.burst)
+    # Shadow is not passed: a shadow policy compiles with its lease left off.
+    check_lease(spec.lease, spec.algorithm, False)
     methods = split_methods(spec.methods)
     bad = [m for m in methods if m not in HTTP_METHODS]
     if bad:

@@ -49,6 +49,7 @@ SCALAR_FIELDS = (
     "rate",
     "burst",
     "cost",
+    "lease",
     "fail_mode",
     "fallback_rate",
     "status_code",

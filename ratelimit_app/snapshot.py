@@ -90,6 +90,7 @@ def row_to_spec(row) -> PolicySpec:
         algorithm=row.algorithm,
         burst=row.burst,
         cost=row.cost,
+        lease=row.lease,
         enabled=row.enabled,
         mode=row.mode,
         priority=row.priority,
