@@ -240,6 +240,17 @@ def number(name: str) -> int | float:
     return value
 
 
+@cache
+def lease_settings() -> tuple[float, float, int]:
+    """(LEASE_MAX_SECONDS in ms, LEASE_MAX_SHARE, LEASE_MAX_KEYS), checked;
+    cached, as the leased hot path reads them on every grant."""
+    return (
+        number("LEASE_MAX_SECONDS") * 1000,
+        number("LEASE_MAX_SHARE"),
+        number("LEASE_MAX_KEYS"),
+    )
+
+
 def failure_settings() -> None:
     """Check every failure-handling setting (the system check calls this)."""
     fail_mode()
@@ -258,6 +269,7 @@ def on_change(callback) -> None:
 def _reset(*, setting: str, **kwargs: Any) -> None:
     if setting in ("RATELIMIT", "SECRET_KEY", "CACHES"):
         get_settings.cache_clear()
+        lease_settings.cache_clear()
         for callback in _listeners:
             callback()
 

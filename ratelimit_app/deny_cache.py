@@ -21,6 +21,10 @@ What a local answer holds:
   consumed) with ``remaining=0`` and zero waits: the call did not ask Redis,
   so their state is unknown and 0 never promises more than there is.
 
+A leased rule's denial (see leases) is answered locally for at most
+``LEASE_MAX_SECONDS``, with the real ``retry_after``: units other processes
+give back may be admitted before it.
+
 Invalidation: a reset (``Limiter.reset``, the admin, ``ratelimit_reset``,
 ``testing.reset_counters``/``reset_all``) writes a fresh random token to the
 epoch key ``<prefix>{policies}:epoch`` and clears this process's cache; a
@@ -60,7 +64,8 @@ def epoch_key(prefix: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Denial:
-    deadline: float  # monotonic ms when Redis would admit this cost again
+    deadline: float  # monotonic ms until which this process answers locally
+    retry_at: float  # monotonic ms when Redis would admit this cost again
     reset_at: float  # monotonic ms when the rule's state is back to full
     remaining: int
 
@@ -125,13 +130,15 @@ class DenyCache:
             if self._known.get(epoch, math.inf) > started:
                 return
             for index, d in fresh:
-                key = (keys[index], items[index][0].argv)
-                self._entries[key] = Denial(
-                    started + d.retry_after * 1000,
+                spec = items[index][0]
+                retry_at = started + d.retry_after * 1000
+                self._entries[(keys[index], spec.argv)] = Denial(
+                    _kept_until(spec, retry_at, started),
+                    retry_at,
                     started + d.reset_after * 1000,
                     d.remaining,
                 )
-                self._entries.move_to_end(key)
+                self._entries.move_to_end((keys[index], spec.argv))
             while len(self._entries) > cap:
                 self._entries.popitem(last=False)
 
@@ -180,13 +187,22 @@ class DenyCache:
                 buffer.add(limiter, keys[index], spec.scope, metric, 1, label)
 
 
+def _kept_until(spec, retry_at: float, started: float) -> float:
+    """A leased rule's denial is kept for at most LEASE_MAX_SECONDS: other
+    processes give unused units back within that (plus a flush), which Redis
+    may admit before ``retry_at``."""
+    if not spec.lease:
+        return retry_at
+    return min(retry_at, started + conf.lease_settings()[0])
+
+
 def _denied(spec, entry: Denial, now: float) -> Decision:
     return Decision(
         False,
         spec.capacity,
         entry.remaining,
         math.ceil(max(entry.reset_at - now, 0)) / 1000,
-        math.ceil(entry.deadline - now) / 1000,
+        math.ceil(entry.retry_at - now) / 1000,
         spec.scope,
         "limit",
         spec.shadow,

@@ -56,7 +56,7 @@ from . import conf
 from .algorithms import LEASE_REPLY_FIELDS, script_for
 from .backends.redis import run_script
 from .deny_cache import not_consumed
-from .local_usage import buffer, now_ms
+from .local_usage import buffer, now_ms, row_of
 from .types import Decision
 
 logger = logging.getLogger("ratelimit_app")
@@ -81,6 +81,7 @@ class Lease:
     rate: float = 0.0  # units per ms, smoothed over grants
     wanted: int = 0  # units asked for at the last grant
     limiter: object = None  # whose Redis the units go back to
+    counts: tuple = ()  # local_usage rows of an admission: "a" and "c"
 
 
 class LeaseTable:
@@ -137,15 +138,15 @@ class LeaseTable:
             return cost
         observed = lease.used / max(now - lease.granted_at, 1.0)
         lease.rate = observed if not lease.rate else (lease.rate + observed) / 2
-        target = conf.number("LEASE_MAX_SECONDS") * 1000 * TARGET_SHARE
-        most = math.floor(spec.capacity * conf.number("LEASE_MAX_SHARE"))
+        max_ms, share, _ = conf.lease_settings()
+        most = math.floor(spec.capacity * share)
+        target = max_ms * TARGET_SHARE
         k = min(math.ceil(lease.rate * target), most, 2 * max(lease.wanted, cost))
         return max(cost, k)
 
     def grant(self, limiter, items, keys, decisions, reply, wants, started: float):
         """Keep the units a "lease" reply granted beyond each rule's cost."""
-        horizon_cap = conf.number("LEASE_MAX_SECONDS") * 1000
-        cap = conf.number("LEASE_MAX_KEYS")
+        horizon_cap, _, cap = conf.lease_settings()
         with self._lock:
             for index, (spec, _) in enumerate(items):
                 if not spec.lease or decisions[index].reason != "ok":
@@ -168,6 +169,7 @@ class LeaseTable:
                     rate=old.rate if old is not None else 0.0,
                     wanted=wants[index],
                     limiter=limiter,
+                    counts=_admission_rows(limiter, keys[index], items[index]),
                 )
             while len(self._leases) > cap:
                 key, lease = self._leases.popitem(last=False)
@@ -304,14 +306,25 @@ class LeasedCall:
         )
 
     def _count_taken(self) -> None:
-        limiter = self.limiter
-        if not limiter.usage_ttl:
-            return
-        for index in self.taken:
-            spec, identity = self.items[index]
-            key, label = self.keys[index], limiter._label(identity)
-            buffer.add(limiter, key, spec.scope, "a", 1, label)
-            buffer.add(limiter, key, spec.scope, "c", spec.argv[4], label)
+        counts = []
+        for index, lease in self.taken.items():
+            if lease.counts:
+                admitted, cost = lease.counts
+                counts += ((admitted, 1), (cost, self.items[index][0].argv[4]))
+        if counts:
+            buffer.count_many(counts)
+
+
+def _admission_rows(limiter, key: str, item) -> tuple:
+    """The usage rows a request admitted from this lease adds to (none when
+    the limiter does not count usage)."""
+    if not limiter.usage_ttl:
+        return ()
+    spec, identity = item
+    label = limiter._label(identity)
+    return tuple(
+        row_of(limiter, key, spec.scope, metric, label) for metric in ("a", "c")
+    )
 
 
 def _with_lease(decision: Decision, reply, index: int, spec) -> Decision:

@@ -185,6 +185,10 @@ class Limiter:
             keys.append(usage.live_key_of(keys[0]))
         return script_for(frozenset(algorithms)), keys, args
 
+    def state_keys(self, items: Sequence[tuple[RuleSpec, Identity]]) -> list[str]:
+        """One state key per (spec, identity); no checks for duplicates."""
+        return [self._base(check_identity(i)) + spec.suffix for spec, i in items]
+
     def keys_for(self, rules: Sequence[Rule]) -> list[str]:
         """One state key per rule."""
         return self.pack(_items(rules), "hit")[1][: len(rules)]
@@ -234,6 +238,8 @@ class Limiter:
         client = self.client
         if is_cluster(client) and _several_identities(items):
             return self._decide_per_identity(client, items, mode)
+        if mode == "hit" and _leased(items):  # maybe no call at all
+            return self._leased_call(client, items, self.state_keys(items))
         script, keys, args = self.pack(items, mode)
         return self._call(client, script, keys, args, items, mode)
 
@@ -410,6 +416,8 @@ class Limiter:
         client = self.async_client
         if is_cluster(client) and _several_identities(items):
             return await self._adecide_per_identity(client, items, mode)
+        if mode == "hit" and _leased(items):
+            return await self._aleased_call(client, items, self.state_keys(items))
         script, keys, args = self.pack(items, mode)
         return await self._acall(client, script, keys, args, items, mode)
 

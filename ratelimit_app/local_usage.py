@@ -53,6 +53,12 @@ def digest_of(key: str) -> str:
     return key[key.index("}") + 2 :].split(":", 1)[0]
 
 
+def row_of(limiter, key: str, scope: str, metric: str, label: str) -> tuple:
+    """Where and what one count goes to (hashable; see ``count_many``)."""
+    where = (limiter.client, usage.live_key_of(key), limiter.usage_ttl)
+    return where, (limiter.offenders_kept, scope, metric, digest_of(key), label)
+
+
 class UsageBuffer:
     """Counts by (where, what, 100 ms bucket); thread-safe."""
 
@@ -65,11 +71,14 @@ class UsageBuffer:
     def add(self, limiter, key: str, scope: str, metric: str, n: int, label: str):
         """Count ``n`` of ``metric`` for the rule whose state key is ``key``,
         in the live usage hash of that key's shard."""
-        where = (limiter.client, usage.live_key_of(key), limiter.usage_ttl)
-        what = (limiter.offenders_kept, scope, metric, digest_of(key), label)
+        self.count_many([(row_of(limiter, key, scope, metric, label), n)])
+
+    def count_many(self, counts) -> None:
+        """Add each (``row_of(...)``, n) of ``counts``, under one lock."""
         bucket = int(now_ms() // BUCKET_MS)
         with self._lock:
-            self._counts[(where, what, bucket)] += n
+            for (where, what), n in counts:
+                self._counts[(where, what, bucket)] += n
         self.start()
 
     def every_flush(self, task: Callable[[], object]) -> None:

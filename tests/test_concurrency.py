@@ -6,10 +6,11 @@ import multiprocessing
 
 import pytest
 
+from ratelimit_app import conf
 from ratelimit_app.backends.topology import client_from_url
 from ratelimit_app.limiter import Limiter
 from ratelimit_app.testing import ManualClock
-from ratelimit_app.types import ALGORITHMS
+from ratelimit_app.types import ALGORITHMS, LEASE_ALGORITHMS, Rule
 
 PROCESSES = 8
 ATTEMPTS = 400
@@ -18,7 +19,7 @@ RATE = "100/d"
 NOON_MS = 1_700_000_000_000 - 1_700_000_000_000 % 86_400_000 + 43_200_000
 
 
-def attempt_many(url, prefix, algorithm, barrier, results):
+def attempt_many(url, prefix, algorithm, barrier, results, rate=RATE, lease=False):
     """Runs in a child process with its own connection."""
     client = client_from_url(url)  # any topology: standalone, Sentinel, Cluster
     limiter = Limiter(
@@ -30,14 +31,14 @@ def attempt_many(url, prefix, algorithm, barrier, results):
     )
     client.ping()
     barrier.wait()
-    admitted = sum(
-        limiter.hit("shared", "one-key", RATE, algorithm=algorithm).allowed
-        for _ in range(ATTEMPTS)
-    )
+    rule = Rule("shared", "one-key", rate, algorithm=algorithm, lease=lease)
+    admitted = sum(limiter.hit_many([rule])[0].allowed for _ in range(ATTEMPTS))
     results.put(admitted)
 
 
-def admitted_by_processes(url: str, prefix: str, algorithm: str) -> list[int]:
+def admitted_by_processes(
+    url: str, prefix: str, algorithm: str, rate: str = RATE, lease: bool = False
+) -> list[int]:
     """What each of PROCESSES processes hitting one key got admitted."""
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(PROCESSES)
@@ -45,7 +46,7 @@ def admitted_by_processes(url: str, prefix: str, algorithm: str) -> list[int]:
     workers = [
         context.Process(
             target=attempt_many,
-            args=(url, prefix, algorithm, barrier, results),
+            args=(url, prefix, algorithm, barrier, results, rate, lease),
         )
         for _ in range(PROCESSES)
     ]
@@ -62,4 +63,22 @@ def admitted_by_processes(url: str, prefix: str, algorithm: str) -> list[int]:
 def test_eight_processes_admit_exactly_the_limit(redis_url, key_prefix, algorithm):
     admitted = admitted_by_processes(redis_url, key_prefix, algorithm)
     assert sum(admitted) == 100
+    assert len(admitted) == PROCESSES
+
+
+LEASED_RATE = "800/d"
+
+
+@pytest.mark.parametrize("algorithm", sorted(LEASE_ALGORITHMS))
+def test_eight_leasing_processes_never_admit_more_than_the_limit(
+    redis_url, key_prefix, algorithm
+):
+    """With leasing on, each process holds up to LEASE_MAX_SHARE x 800 = 40
+    units: admitted is never above the limit, and with the load spread evenly
+    never below the limit minus 8 x 40 (units stuck unused in leases)."""
+    admitted = admitted_by_processes(
+        redis_url, key_prefix, algorithm, LEASED_RATE, lease=True
+    )
+    bound = PROCESSES * int(800 * conf.number("LEASE_MAX_SHARE"))
+    assert 800 - bound <= sum(admitted) <= 800
     assert len(admitted) == PROCESSES

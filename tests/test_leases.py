@@ -8,7 +8,15 @@ import os
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from ratelimit_app import aggregation, conf, leases, limiter, local_usage, usage
+from ratelimit_app import (
+    aggregation,
+    conf,
+    deny_cache,
+    leases,
+    limiter,
+    local_usage,
+    usage,
+)
 from ratelimit_app.algorithms import script_for
 from ratelimit_app.backends.redis import run_script
 from ratelimit_app.models import UsageMinute
@@ -20,9 +28,11 @@ LEASED = ("fixed_window", "token_bucket", "gcra")
 @pytest.fixture(autouse=True)
 def fresh_leases():
     leases.table.clear()
+    deny_cache.cache.clear()
     yield
     local_usage.buffer.flush()
     leases.table.clear()
+    deny_cache.cache.clear()
 
 
 def leased(algorithm, rate="10/m", identity="client", scope="s", **kwargs):
@@ -309,3 +319,30 @@ def test_bad_lease_settings_say_what_to_use(settings, name, value):
 def limiter_(limiter):
     """The manual-clock limiter of conftest (named apart from the module)."""
     return limiter
+
+
+def test_a_leased_denial_is_answered_locally_for_lease_max_seconds_at_most(
+    make_limiter, calls, settings
+):
+    """Other processes give unused units back within a lease's life, so a
+    cached denial of a leased rule must ask Redis again by then; it still
+    reports the real retry_after meanwhile."""
+    settings.RATELIMIT = {
+        **settings.RATELIMIT,
+        "DENY_CACHE": True,
+        "LEASE_MAX_SECONDS": 0.1,
+    }
+    engine = make_limiter()
+    engine.deny.observe(engine.epoch_key, None, local_usage.now_ms())
+    rule = leased("fixed_window", "2/h")
+    assert [engine.hit_many([rule])[0].allowed for _ in range(3)] == [
+        True,
+        True,
+        False,
+    ]
+    sent = len(calls)
+    local = engine.hit_many([rule])[0]
+    assert len(calls) == sent and local.retry_after > 60  # the real wait
+    local_usage.time.sleep(0.11)
+    engine.hit_many([rule])
+    assert len(calls) == sent + 1
