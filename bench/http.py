@@ -7,21 +7,37 @@ every key under a per-run prefix, deleted at the end.
 Method:
 
 * contenders (``bench.http_site``): the same tiny view with no limiter; our
-  middleware with 1 and with 3 matching policies (GCRA, key ip); the floor, a
-  middleware doing one bare ``EVALSHA`` of ``return 1``; django-ratelimit's
-  ``@ratelimit`` on the django-redis cache; django-smart-ratelimit's
-  ``@rate_limit`` on its Redis backend. Rates are high enough that nothing is
-  denied, so every response must be a 200.
+  middleware with 1 and with 3 matching policies (GCRA, key ip) and with 1
+  leased policy (GCRA, ``lease`` on, one bucket shared by every request); the
+  floor, a middleware doing one bare ``EVALSHA`` of ``return 1``;
+  django-ratelimit's ``@ratelimit`` on the django-redis cache;
+  django-smart-ratelimit's ``@rate_limit`` on its Redis backend; DRF's
+  ``AnonRateThrottle``. Rates are high enough that nothing is denied, so every
+  response must be a 200.
+* deny storm: our middleware with one policy of 1/h keyed by ip, so wrk's one
+  client is denied from its second request on and every measured response
+  must be a 429; once with the local deny cache on (the default), once with
+  ``DENY_CACHE`` off. Its own table; its ratios are to the same 200 contenders.
 * servers: one gunicorn per contender (2 sync workers, loopback port), all
   started once after ``migrate`` into a temporary SQLite file, each checked
-  with one request (a 200; ours must list its 1 or 3 policies in
-  ``RateLimit-Policy``) and warmed up with a short load.
+  with one request (a 200; ours must list its policies in
+  ``RateLimit-Policy``; a storm's second request must be a 429) and warmed up
+  with a short load.
 * load: ``wrk -tT -cC -dDs --latency`` (else ``ab``; ``apt-get install wrk``
   when neither is there and we are root), one contender at a time, in an
   order rotated every round, so a noisy machine's drifts land on all alike.
 * figures: req/s is the median over rounds; the ratios to no limiter and to
   the floor are medians of the per-round ratios (paired within a round);
   p50/p99 latency are medians over rounds of the tool's percentiles.
+* Redis calls per request: ``INFO commandstats`` read just before and just
+  after each measured load; the deltas of every round, summed, over the
+  requests the tool reported. "all" counts every command Redis executed,
+  those a Lua script runs and each command of a pipeline included, ``INFO``
+  excluded. The counts are the server's, not the contender's: on a shared
+  Redis (127.0.0.1:6379, where other work may run) anything else it serves
+  meanwhile adds to them; ``--own-redis`` starts a private redis-server.
+  Idle servers add next to nothing (a lease's give-back or a storm's last
+  usage flush, within a second after their own load).
 """
 
 from __future__ import annotations
@@ -29,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import math
 import os
 import platform
 import re
@@ -41,6 +58,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -58,26 +76,42 @@ from bench.http_site import (
     OUR_POLICIES,
     OURS_1,
     OURS_3,
+    OURS_LEASED,
     PATH,
     RATE,
     SMART_RATELIMIT,
+    STORM_CACHED,
+    STORM_RATE,
+    STORM_UNCACHED,
+    STORMS,
     key_prefixes,
 )
-from ratelimit_app.testing import free_port
+from ratelimit_app.testing import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = "bench.http_site.settings"
 WORKERS = 2
 TARGET = 0.95  # ours with 3 policies, as a share of the floor's req/s
+LEASED_TARGET = 0.90  # ours with 1 leased policy, as a share of no limiter's req/s
+# The deny storm with the deny cache on: decision scripts per request (each
+# worker runs one, at its first denial; the rest are answered locally).
+STORM_SCRIPT_TARGET = 0.001
+# The commands broken down per request (the decision script, the snapshot
+# refresh and the deny cache's epoch read), beside "all".
+COUNTED = ("evalsha", "eval", "get", "mget")
+ALL = "all"
 
 LABELS = {
     NONE: "no limiter",
     OURS_1: "ratelimit_app middleware, 1 policy",
     OURS_3: "ratelimit_app middleware, 3 policies",
+    OURS_LEASED: "ratelimit_app middleware, 1 leased policy (one shared bucket)",
     FLOOR: "floor: EVALSHA `return 1` middleware",
     DJANGO_RATELIMIT: "django-ratelimit @ratelimit (django-redis cache)",
     SMART_RATELIMIT: "django-smart-ratelimit @rate_limit (redis, fixed_window)",
     DRF_THROTTLE: "DRF AnonRateThrottle (django-redis cache; a list of request times)",
+    STORM_CACHED: "ratelimit_app, deny storm, deny cache on",
+    STORM_UNCACHED: "ratelimit_app, deny storm, deny cache off",
 }
 assert set(LABELS) == set(CONTENDERS)
 
@@ -203,6 +237,7 @@ class Server:
     log: Path
     process: subprocess.Popen | None = None
     loads: list[Load] = field(default_factory=list)
+    commands: list[Counter] = field(default_factory=list)  # per load, by command
 
     @property
     def url(self) -> str:
@@ -236,6 +271,14 @@ class Server:
             return "\n".join(self.log.read_text().splitlines()[-lines:])
         return "(no log)"
 
+    def status(self) -> int:
+        """The status of one more request."""
+        try:
+            with urllib.request.urlopen(self.url, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
     def first_response(self, timeout: float = 60.0) -> http.client.HTTPResponse:
         """Poll until the server answers; its first answer must be a 200."""
         deadline = time.monotonic() + timeout
@@ -256,7 +299,8 @@ class Server:
 
 
 def check_first_response(server: Server) -> None:
-    """A 200, and ours lists every policy that should match."""
+    """A 200, and ours lists every policy that should match; then a storm's
+    client is over its limit: its next request must be a 429."""
     with server.first_response() as response:
         policy_header = response.headers.get("RateLimit-Policy", "")
     expected = OUR_POLICIES.get(server.contender, 0)
@@ -266,6 +310,8 @@ def check_first_response(server: Server) -> None:
             f"{server.contender}: RateLimit-Policy lists {listed} policies, "
             f"expected {expected}: {policy_header!r}"
         )
+    if server.contender in STORMS and (status := server.status()) != 429:
+        raise RuntimeError(server.failure(f"answered {status} over its limit"))
 
 
 def migrate(env: dict[str, str]) -> None:
@@ -310,14 +356,43 @@ def rotated(items: Sequence, shift: int) -> list:
     return [*items[shift:], *items[:shift]]
 
 
-def measure(servers: Sequence[Server], tool: LoadTool, args: argparse.Namespace):
-    """Warm every server up, then the rounds; failing servers' logs to stderr."""
+def command_calls(client: redis.Redis) -> Counter:
+    """Calls so far per command (``get``, ``evalsha``, ...), from INFO commandstats."""
+    stats = client.info("commandstats")
+    return Counter(
+        {name.removeprefix("cmdstat_"): s["calls"] for name, s in stats.items()}
+    )
+
+
+def calls_between(before: Counter, after: Counter) -> Counter:
+    """The commands run between two readings, the readings' own INFO excluded."""
+    delta = after - before
+    delta.pop("info", None)
+    return delta
+
+
+def measured_load(
+    server: Server, tool: LoadTool, args: argparse.Namespace, client: redis.Redis
+) -> None:
+    """One load of the round, and the Redis commands run meanwhile."""
+    before = command_calls(client)
+    server.loads.append(run_load(tool, server.url, args, args.duration))
+    server.commands.append(calls_between(before, command_calls(client)))
+
+
+def measure(
+    servers: Sequence[Server],
+    tool: LoadTool,
+    args: argparse.Namespace,
+    client: redis.Redis,
+) -> None:
+    """Warm every server up, then the rounds."""
     started = time.monotonic()
     for server in servers:
         run_load(tool, server.url, args, args.warmup)
     for number in range(args.rounds):
         for server in rotated(servers, number):
-            server.loads.append(run_load(tool, server.url, args, args.duration))
+            measured_load(server, tool, args, client)
         elapsed = time.monotonic() - started
         print(
             f"round {number + 1}/{args.rounds} done, {elapsed:.0f} s", file=sys.stderr
@@ -342,12 +417,29 @@ class Result:
     p99_ms: float
     non_2xx: int
     socket_errors: int
+    requests: int = 0
+    calls: dict[str, float] = field(default_factory=dict)  # per request, by command
+
+    @property
+    def as_expected(self) -> bool:
+        """Every response a 200, or for a storm every one not (wrk and ab count
+        non-2xx responses whatever their status: the storm's 429 is checked
+        before the load, and ``server_errors`` looks for 500s)."""
+        return self.non_2xx == (self.requests if self.contender in STORMS else 0)
 
 
 def paired_ratio(server: Server, base: Server) -> float:
     """Median over rounds of the per-round ratio of req/s."""
     pairs = zip(server.loads, base.loads, strict=True)
     return statistics.median(s.per_second / b.per_second for s, b in pairs)
+
+
+def calls_per_request(server: Server) -> dict[str, float]:
+    """The commands of ``COUNTED`` and all of them, per request, over every round."""
+    total = sum(server.commands, Counter())
+    requests = sum(load.requests for load in server.loads)
+    counts = {name: total[name] for name in COUNTED} | {ALL: total.total()}
+    return {name: count / max(requests, 1) for name, count in counts.items()}
 
 
 def summarize(servers: Sequence[Server]) -> list[Result]:
@@ -362,6 +454,8 @@ def summarize(servers: Sequence[Server]) -> list[Result]:
             statistics.median(load.p99_ms for load in server.loads),
             sum(load.non_2xx for load in server.loads),
             sum(load.socket_errors for load in server.loads),
+            sum(load.requests for load in server.loads),
+            calls_per_request(server),
         )
         for server in servers
     ]
@@ -370,30 +464,93 @@ def summarize(servers: Sequence[Server]) -> list[Result]:
 # -- report ---------------------------------------------------------------------------
 
 HEADER = (
-    "| contender | req/s | vs no limiter | vs floor | p50 ms | p99 ms |\n"
+    "| contender | req/s | vs no limiter | vs floor | p50 ms | p99 ms "
+    "| Redis calls/request |\n"
+    "|---|---:|---:|---:|---:|---:|---:|"
+)
+STORM_HEADER = (
+    f"| deny storm: one client over {STORM_RATE} | req/s | vs no limiter "
+    "| vs floor | p50 ms | p99 ms | 429s | Redis calls/request |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|"
+)
+CALLS_HEADER = (
+    "| Redis commands per request | EVALSHA | EVAL | GET | MGET | all |\n"
     "|---|---:|---:|---:|---:|---:|"
 )
+# The rows of the commands table: one policy plain and leased, and the storm.
+BROKEN_DOWN = (OURS_1, OURS_LEASED, STORM_CACHED, STORM_UNCACHED)
+
+
+def label_of(result: Result) -> str:
+    """The contender's label, flagged when its responses were not as expected."""
+    label = LABELS[result.contender]
+    if not result.as_expected:
+        label += f" ({result.non_2xx} of {result.requests} non-2xx responses!)"
+    if result.socket_errors:
+        label += f" ({result.socket_errors} socket errors)"
+    return label
 
 
 def table_row(result: Result) -> str:
-    label = LABELS[result.contender]
-    if result.non_2xx:
-        label += f" ({result.non_2xx} non-2xx responses!)"
-    if result.socket_errors:
-        label += f" ({result.socket_errors} socket errors)"
     return (
-        f"| {label} | {result.per_second:,.0f} | {result.vs_none:.2f} "
-        f"| {result.vs_floor:.2f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} |"
+        f"| {label_of(result)} | {result.per_second:,.0f} | {result.vs_none:.2f} "
+        f"| {result.vs_floor:.2f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} "
+        f"| {result.calls[ALL]:.4f} |"
     )
+
+
+def storm_row(result: Result) -> str:
+    # Rounded down: 100% only when every response was a 429.
+    share = math.floor(1000 * result.non_2xx / max(result.requests, 1)) / 10
+    return (
+        f"| {label_of(result)} | {result.per_second:,.0f} | {result.vs_none:.2f} "
+        f"| {result.vs_floor:.2f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} "
+        f"| {share:g}% | {result.calls[ALL]:.4f} |"
+    )
+
+
+def calls_row(result: Result) -> str:
+    figures = " | ".join(f"{result.calls[name]:.4f}" for name in (*COUNTED, ALL))
+    return f"| {LABELS[result.contender]} | {figures} |"
+
+
+def tables(results: Sequence[Result]) -> list[str]:
+    """Throughput, the deny storm, and the Redis commands broken down."""
+    by_name = {result.contender: result for result in results}
+    plain = [result for result in results if result.contender not in STORMS]
+    return [
+        HEADER,
+        *map(table_row, plain),
+        "",
+        STORM_HEADER,
+        *(storm_row(by_name[name]) for name in STORMS),
+        "",
+        CALLS_HEADER,
+        *(calls_row(by_name[name]) for name in BROKEN_DOWN),
+    ]
 
 
 def summary(results: Sequence[Result]) -> list[str]:
     by_name = {result.contender: result for result in results}
-    ours = by_name[OURS_3]
+    ours, leased = by_name[OURS_3], by_name[OURS_LEASED]
+    cached, uncached = by_name[STORM_CACHED], by_name[STORM_UNCACHED]
+    scripts = cached.calls["evalsha"] + cached.calls["eval"]
     return [
         f"- ratelimit_app, 3 matching policies: {ours.vs_floor:.2f} of the floor "
         f"(target {TARGET:.2f} {met(ours.vs_floor >= TARGET)}), "
         f"{ours.vs_none:.2f} of no limiter",
+        f"- ratelimit_app, 1 leased policy: {leased.vs_none:.2f} of no limiter "
+        f"(target {LEASED_TARGET:.2f} {met(leased.vs_none >= LEASED_TARGET)}), "
+        f"{leased.vs_floor:.2f} of the floor; {leased.calls['evalsha']:.4f} "
+        f"EVALSHA per request",
+        f"- deny storm, deny cache on: {scripts:.4f} decision scripts per request "
+        f"(target <= {STORM_SCRIPT_TARGET} {met(scripts <= STORM_SCRIPT_TARGET)}), "
+        f"{cached.calls[ALL]:.4f} Redis commands per request in all (about "
+        f"{cached.calls[ALL] * cached.per_second:.0f}/s: each worker's snapshot "
+        f"refresh and usage flush, once a second); deny cache off: "
+        f"{uncached.calls['evalsha']:.2f} EVALSHA and {uncached.calls[ALL]:.2f} "
+        f"commands per request; req/s on/off {cached.per_second:,.0f}/"
+        f"{uncached.per_second:,.0f}",
         f"- peers, of the floor: django-ratelimit "
         f"{by_name[DJANGO_RATELIMIT].vs_floor:.2f}, django-smart-ratelimit "
         f"{by_name[SMART_RATELIMIT].vs_floor:.2f}, DRF throttling "
@@ -423,16 +580,20 @@ def environment(
         f"{os.cpu_count()} CPUs, all on loopback; 1-minute load average "
         f"{loadavg[0]:.1f} before, {loadavg[1]:.1f} after the run",
         f"{args.rounds} rounds of `{load}` per contender, order rotated every "
-        f"round, warm-up {args.warmup} s each; rate {RATE} everywhere (never denies)",
+        f"round, warm-up {args.warmup} s each; rate {RATE} everywhere (never denies) "
+        f"but the deny storm's {STORM_RATE}",
         "req/s: median over rounds; ratios: medians of per-round ratios; "
-        "p50/p99: medians over rounds of the tool's percentiles",
+        "p50/p99: medians over rounds of the tool's percentiles; Redis "
+        "calls/request: INFO commandstats deltas over the measured loads, every "
+        "command Redis ran (a script's and a pipeline's each count) over the "
+        "requests" + ("" if args.own_redis else " (a shared Redis: others' too)"),
     ]
 
 
 def render(
     results: Sequence[Result], intro: Sequence[str], notes: Sequence[str]
 ) -> str:
-    lines = [*intro, "", HEADER, *map(table_row, results), ""]
+    lines = [*intro, "", *tables(results), ""]
     lines += summary(results)
     lines += [f"- note: {note}" for note in notes]
     return "\n".join(lines) + "\n"
@@ -450,6 +611,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--quick", action="store_true", help="a smoke run")
     parser.add_argument("--markdown-out", type=Path, default=None)
+    parser.add_argument(
+        "--own-redis",
+        action="store_true",
+        help="a private redis-server, so INFO commandstats counts this run alone",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 1, 1
@@ -460,8 +626,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def server_errors(servers: Sequence[Server]) -> list[str]:
+    """The contenders whose log holds a Django error (a 500 counts as non-2xx
+    just like a 429, so the storm's count alone would not tell)."""
+    return [
+        server.contender
+        for server in servers
+        if "Internal Server Error" in server.log.read_text(errors="replace")
+    ]
+
+
 def run(url: str, tool: LoadTool, args: argparse.Namespace) -> tuple[str, bool]:
-    """The report, and whether every response was a 200."""
+    """The report, and whether every response was as expected (200s; 429s for
+    the deny storm)."""
     prefix = f"rlbench-http-{secrets.token_hex(4)}"
     client = redis.Redis.from_url(url)
     notes, loadavg_before = [], os.getloadavg()[0]
@@ -472,7 +649,10 @@ def run(url: str, tool: LoadTool, args: argparse.Namespace) -> tuple[str, bool]:
             tempfile.TemporaryDirectory(prefix="rlbench-http-") as workdir,
             running_servers(url, prefix, Path(workdir)) as servers,
         ):
-            measure(servers, tool, args)
+            measure(servers, tool, args, client)
+            broken = server_errors(servers)
+        if broken:
+            notes.append(f"server errors (500s) in the logs of: {', '.join(broken)}")
         written = keys_written(client, prefix)
         idle = [name for name, count in written.items() if not count]
         if idle:
@@ -481,10 +661,20 @@ def run(url: str, tool: LoadTool, args: argparse.Namespace) -> tuple[str, bool]:
         loadavg = (loadavg_before, os.getloadavg()[0])
         intro = environment(client, url, tool, args, loadavg)
         report = render(results, intro, notes)
-        return report, not any(result.non_2xx for result in results)
+        return report, not broken and all(r.as_expected for r in results)
     finally:
         delete_keys(client, prefix)
         client.close()
+
+
+@contextlib.contextmanager
+def own_redis() -> Iterator[str]:
+    """A private redis-server for the run, stopped (by its PID) at the end."""
+    server = RedisServer().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -493,7 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if tool is None:
         print("neither wrk nor ab found (and apt-get not usable)", file=sys.stderr)
         return 2
-    with bench_redis() as url:
+    with own_redis() if args.own_redis else bench_redis() as url:
         report, all_ok = run(url, tool, args)
     print(report, end="")
     if args.markdown_out:

@@ -1,6 +1,7 @@
 """Settings of the benchmark site; the environment picks the contender and its Redis.
 
-BENCH_HTTP_CONTENDER: one of ``bench.http_site.CONTENDERS``. REDIS_URL: the
+BENCH_HTTP_CONTENDER: one of ``bench.http_site.CONTENDERS`` (it also picks
+our policies and whether the deny cache is on). REDIS_URL: the
 Redis every limiter uses. BENCH_HTTP_PREFIX: the run's key prefix (each
 limiter adds its own suffix). BENCH_HTTP_DB: the SQLite file, migrated before
 the server starts (only our policy snapshot reads it, once per process).
@@ -20,9 +21,14 @@ from bench.http_site import (
     DRF_THROTTLE,
     FLOOR,
     OUR_POLICIES,
+    OURS_LEASED,
     POLICY_PATH,
     RATE,
+    SHARED_KEY,
     SMART_RATELIMIT,
+    STORM_RATE,
+    STORM_UNCACHED,
+    STORMS,
     key_prefixes,
 )
 
@@ -55,6 +61,10 @@ DATABASES = {
         ),
     }
 }
+# Our 429 page (the deny storm's every response) is a template of the app.
+TEMPLATES = [
+    {"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}
+]
 # django-ratelimit and DRF's throttles count in this cache.
 CACHES = {
     "default": {
@@ -73,6 +83,18 @@ LOGGING = {
     "loggers": {"django.request": {"handlers": ["stderr"], "level": "ERROR"}},
 }
 
+
+def our_policies(contender: str) -> list[dict]:
+    """The settings policies of one of our contenders, all matching the view."""
+    base = {"path": POLICY_PATH, "algorithm": "gcra", "key": "ip", "rate": RATE}
+    if contender == OURS_LEASED:
+        return [{**base, "name": "bench-leased", "key": SHARED_KEY, "lease": True}]
+    if contender in STORMS:
+        return [{**base, "name": "bench-storm", "rate": STORM_RATE}]
+    count = OUR_POLICIES[contender]
+    return [{**base, "name": f"bench-{number}"} for number in range(1, count + 1)]
+
+
 MIDDLEWARE = []
 if BENCH_CONTENDER == FLOOR:
     MIDDLEWARE = ["bench.http_site.middleware.FloorMiddleware"]
@@ -81,16 +103,9 @@ elif BENCH_CONTENDER in OUR_POLICIES:
     RATELIMIT = {
         "REDIS_URL": REDIS_URL,
         "KEY_PREFIX": KEY_PREFIXES[BENCH_CONTENDER],
-        "POLICIES": [
-            {
-                "name": f"bench-{number}",
-                "rate": RATE,
-                "path": POLICY_PATH,
-                "algorithm": "gcra",
-                "key": "ip",
-            }
-            for number in range(1, OUR_POLICIES[BENCH_CONTENDER] + 1)
-        ],
+        "POLICIES": our_policies(BENCH_CONTENDER),
+        # On by default; off, every denial of the storm asks Redis.
+        "DENY_CACHE": BENCH_CONTENDER != STORM_UNCACHED,
     }
 
 # django-smart-ratelimit: its Redis backend on the same Redis, fixed window
