@@ -276,7 +276,8 @@ def add_fields(contents: BatchContents, batch: Batch, fields: dict) -> int:
     )
     for parsed, amount in readable:
         key = (parsed.scope, parsed.minute)
-        contents.counts[key][_INDEX[parsed.metric]] += amount
+        for name in parsed.counts:
+            contents.counts[key][_INDEX[name]] += amount
         distinct.note(contents.seen, batch.shard, *key)
     return len(fields) - len(readable)
 

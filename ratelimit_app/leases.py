@@ -81,7 +81,7 @@ class Lease:
     rate: float = 0.0  # units per ms, smoothed over grants
     wanted: int = 0  # units asked for at the last grant
     limiter: object = None  # whose Redis the units go back to
-    counts: tuple = ()  # local_usage rows of an admission: "a" and "c"
+    counts: tuple = ()  # local_usage rows of an admission: "u", or "a" and "c"
 
 
 class LeaseTable:
@@ -308,9 +308,8 @@ class LeasedCall:
     def _count_taken(self) -> None:
         counts = []
         for index, lease in self.taken.items():
-            if lease.counts:
-                admitted, cost = lease.counts
-                counts += ((admitted, 1), (cost, self.items[index][0].argv[4]))
+            cost = self.items[index][0].argv[4]
+            counts += ((row, cost if row[1][2] == "c" else 1) for row in lease.counts)
         if counts:
             buffer.count_many(counts)
 
@@ -322,9 +321,8 @@ def _admission_rows(limiter, key: str, item) -> tuple:
         return ()
     spec, identity = item
     label = limiter._label(identity)
-    return tuple(
-        row_of(limiter, key, spec.scope, metric, label) for metric in ("a", "c")
-    )
+    metrics = ("u",) if spec.argv[4] == 1 else ("a", "c")  # as the script counts
+    return tuple(row_of(limiter, key, spec.scope, m, label) for m in metrics)
 
 
 def _with_lease(decision: Decision, reply, index: int, spec) -> Decision:

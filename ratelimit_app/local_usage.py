@@ -4,8 +4,9 @@ The deny cache (local denials) and token leasing (local admissions) answer
 some requests without calling the decision script, which would otherwise
 have counted them. They add what the script would have written here:
 
-* ``"a"`` (an admitted request) and ``"c"`` (its cost): the per-minute count
-  and the identity digest in the (minute, scope) distinct-clients HyperLogLog;
+* ``"a"`` (an admitted request) and ``"c"`` (its cost), or ``"u"`` (both, for
+  a cost of 1): the per-minute count and the identity digest in the (minute,
+  scope) distinct-clients HyperLogLog;
 * ``"b"`` or ``"s"`` (a blocked or shadow-blocked request): the count, the
   HyperLogLog and the shard's offenders set.
 
@@ -139,13 +140,20 @@ class UsageBuffer:
 
 def _write(client, rows) -> None:
     """One pipeline of what the script writes per counted decision, the minute
-    from Redis TIME minus each count's age."""
+    from Redis TIME minus each count's age; a minute's buckets are summed first
+    (one write per minute, not per 100 ms)."""
     seconds, micros = client.time()
     redis_now, local_now = seconds * 1000 + micros // 1000, now_ms()
-    pipe = client.pipeline(transaction=False)
-    for (_, live, ttl), (kept, scope, metric, digest, label), bucket, n in rows:
+    by_minute: Counter = Counter()
+    for where, what, bucket, n in rows:
         age = local_now - (bucket + 0.5) * BUCKET_MS
-        minute = int((redis_now - max(age, 0)) // 60000)
+        by_minute[(where, what, int((redis_now - max(age, 0)) // 60000))] += n
+    pipe = client.pipeline(transaction=False)
+    for (
+        (_, live, ttl),
+        (kept, scope, metric, digest, label),
+        minute,
+    ), n in by_minute.items():
         pipe.hincrby(live, usage.encode_field(minute, scope, metric), n)
         pipe.pexpire(live, ttl)
         if metric == "c":

@@ -8,7 +8,8 @@ Cluster). Its fields are ``<minute>|<scope>|<metric>``:
   in the script);
 * ``scope``: the policy name; it may itself contain ``|``, so a parser reads
   the minute from the left and the metric from the right;
-* ``metric``: one of ``METRICS``;
+* ``metric``: one of ``METRICS``, or ``u`` (an admission of cost 1: allowed
+  and cost both grow by its value);
 
 and their values are integers written with ``HINCRBY``. Every write also sets
 the hash's TTL (``USAGE_TTL``), so counters nobody drains expire.
@@ -42,6 +43,11 @@ from . import conf
 # Field code -> model field. The engine writes the codes, the drain reads them.
 METRICS = {"a": "allowed", "b": "blocked", "s": "shadow_blocked", "c": "cost"}
 COUNTS = tuple(METRICS.values())
+# "u" counts an admission of cost 1, which adds one to both "allowed" and
+# "cost": one HINCRBY per decision instead of two (costlier admissions still
+# write "a" and "c").
+UNIT = "u"
+FIELD_CODES = (*METRICS, UNIT)
 
 # The largest minute a datetime can hold (9999-12-31 23:59 UTC).
 MAX_MINUTE = 4_223_371_679
@@ -135,8 +141,10 @@ def batch_top_key(prefix: str, shard: int, batch_id: str) -> str:
 
 
 def encode_field(minute: int, scope: str, metric: str) -> str:
-    if metric not in METRICS:
-        raise ValueError(f"Unknown usage metric {metric!r}: use one of {METRICS}.")
+    if metric not in FIELD_CODES:
+        raise ValueError(
+            f"Unknown usage metric {metric!r}: use one of {', '.join(FIELD_CODES)}."
+        )
     return f"{minute}|{scope}|{metric}"
 
 
@@ -144,7 +152,12 @@ def encode_field(minute: int, scope: str, metric: str) -> str:
 class UsageField:
     minute: int
     scope: str
-    metric: str  # the model field name, e.g. "allowed"
+    metric: str  # the model field name, e.g. "allowed"; "unit" for "u"
+
+    @property
+    def counts(self) -> tuple[str, ...]:
+        """The model fields its value adds to."""
+        return ("allowed", "cost") if self.metric == "unit" else (self.metric,)
 
 
 def minute_start(minute: int) -> datetime:
@@ -169,11 +182,11 @@ def parse_field(field: bytes | str) -> UsageField:
         raise ValueError(f"not <minute>|<scope>|<metric>: {text!r}")
     if int(minute) > MAX_MINUTE:
         raise ValueError(f"minute out of range: {text!r}")
-    if metric not in METRICS:
+    if metric not in FIELD_CODES:
         raise ValueError(f"unknown metric {metric!r}: {text!r}")
     if not scope or len(scope) > MAX_SCOPE_LENGTH or "\x00" in scope:
         raise ValueError(f"scope empty, NUL or over {MAX_SCOPE_LENGTH} characters")
-    return UsageField(int(minute), scope, METRICS[metric])
+    return UsageField(int(minute), scope, METRICS.get(metric, "unit"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -190,13 +190,22 @@ def test_the_script_counts_usage_per_policy_and_minute(limiter, redis_client, cl
     minute = clock() // 60000
     counts = {k.decode(): int(v) for k, v in redis_client.hgetall(usage_key).items()}
     assert counts == {
-        f"{minute}|enforced|a": 2,
-        f"{minute}|enforced|c": 2,
+        f"{minute}|enforced|u": 2,  # "u": an admission of cost 1 (allowed + cost)
         f"{minute}|enforced|b": 1,
-        f"{minute}|watched|a": 1,  # the shadow rule consumed with the first
-        f"{minute}|watched|c": 1,
+        f"{minute}|watched|u": 1,  # the shadow rule consumed with the first
         f"{minute}|watched|s": 2,  # it would have blocked the 2nd and the 3rd
     }
+
+
+def test_an_admission_costing_more_than_one_counts_allowed_and_cost_apart(
+    limiter, redis_client, clock
+):
+    rule = Rule("costly", "client", "10/m", "fixed_window", cost=3)
+    limiter.hit_many([rule])
+    (usage_key,) = {usage.live_key_of(k) for k in limiter.keys_for([rule])}
+    counts = {k.decode(): int(v) for k, v in redis_client.hgetall(usage_key).items()}
+    minute = clock() // 60000
+    assert counts == {f"{minute}|costly|a": 1, f"{minute}|costly|c": 3}
 
 
 def test_recovers_after_script_flush(limiter, redis_client):

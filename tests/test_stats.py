@@ -152,6 +152,20 @@ def test_drain_moves_counts_exactly_and_leaves_no_keys(redis_client):
     assert prefixed_keys(redis_client) == []
 
 
+def test_drain_reads_unit_admissions_into_allowed_and_cost(redis_client):
+    key = usage.live_key(conf.key_prefix(), 9)
+    redis_client.hset(
+        key,
+        mapping={
+            usage.encode_field(NOW_MINUTE, "api", "u"): 4,  # cost 1 each
+            usage.encode_field(NOW_MINUTE, "api", "a"): 1,  # one of cost 5
+            usage.encode_field(NOW_MINUTE, "api", "c"): 5,
+        },
+    )
+    aggregation.drain_usage()
+    assert rows_of(UsageMinute) == {("api", NOW_MINUTE): [5, 0, 0, 9]}
+
+
 def test_a_second_drain_adds_to_the_same_rows(redis_client):
     record(redis_client, 5, NOW_MINUTE, "api", 2, 1, 0, 2)
     aggregation.drain_usage()

@@ -18,7 +18,7 @@
 -- A rule that denies blocks the whole call unless it is a shadow rule; when
 -- the call is blocked, nothing is consumed, shadow rules included.
 -- Usage (hit mode only): per rule and minute, "a" counts a consumed request,
--- "c" its cost, "b" a denial by this enforcing rule, "s" a shadow rule's
+-- "c" its cost ("u" both, for a cost of 1: one call less), "b" a denial by this enforcing rule, "s" a shadow rule's
 -- would-be denial; a rule that had room in a blocked call counts nothing.
 -- A rule that counts adds its identity digest to the (minute, scope)
 -- HyperLogLog of distinct clients (so the drain, reading the fields, learns
@@ -125,8 +125,12 @@ for i = 1, rules do
     end
     remaining, reset = remaining - granted, verdicts[v + 5]
     if usage_ttl then
-      count(ARGV[base + 7], 'a', 1)
-      count(ARGV[base + 7], 'c', cost)
+      if cost == 1 then
+        count(ARGV[base + 7], 'u', 1)
+      else
+        count(ARGV[base + 7], 'a', 1)
+        count(ARGV[base + 7], 'c', cost)
+      end
       seen(ARGV[base + 7], KEYS[i])
     end
   else
