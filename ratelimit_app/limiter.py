@@ -75,7 +75,7 @@ def rule_spec(rule: Rule) -> RuleSpec:
         argv,
         key_suffix(rule.scope, rule.algorithm),
         rule.capacity,
-        script_for(frozenset((rule.algorithm,))),
+        script_for(frozenset((rule.algorithm,)), "single"),
         rule.scope,
         rate,
         rule.shadow,
@@ -183,7 +183,7 @@ class Limiter:
             )
         if self.usage_ttl:  # the first rule's shard counts the call's usage
             keys.append(usage.live_key_of(keys[0]))
-        return script_for(frozenset(algorithms)), keys, args
+        return script_for(frozenset(algorithms), _kind(mode, len(items))), keys, args
 
     def state_keys(self, items: Sequence[tuple[RuleSpec, Identity]]) -> list[str]:
         """One state key per (spec, identity); no checks for duplicates."""
@@ -585,6 +585,13 @@ def to_decisions(
         to_decision(reply, index, spec.capacity, spec.scope, spec.shadow, fields)
         for index, (spec, _) in enumerate(items)
     ]
+
+
+def _kind(mode: str, rules: int) -> str:
+    """The script a call runs (see algorithms.DRIVERS)."""
+    if mode == "lease":
+        return "lease"
+    return "single" if rules == 1 else "driver"
 
 
 def _reply_fields(mode: str) -> int:

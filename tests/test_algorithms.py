@@ -206,3 +206,61 @@ def test_real_redis_clock_gives_retry_after_within_10_ms(make_limiter, algorithm
     denied = decisions[-1]
     assert 2.0 - elapsed - 0.010 <= denied.retry_after <= 2.0 + 0.010
     assert 10.0 - elapsed - 0.010 <= denied.reset_after <= 10.0 + 0.010
+
+
+# -- the one-rule script against the general driver ---------------------------
+
+
+def _run(limiter, redis_client, rule, mode, kind):
+    from ratelimit_app import limiter as limiter_module
+    from ratelimit_app.algorithms import script_for
+    from ratelimit_app.backends.redis import run_script
+
+    script, keys, args = limiter.pack(limiter_module._items([rule]), mode)
+    script = script_for(frozenset((rule.algorithm,)), kind)
+    return run_script(redis_client, script, keys, args), keys
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_the_one_rule_script_decides_and_counts_as_the_driver(
+    limiter, clock, redis_client, algorithm
+):
+    """The same steps under two scopes, one through single.lua and one
+    through driver.lua: the same replies, states and usage counts."""
+    from ratelimit_app import usage
+    from ratelimit_app.types import Rule
+
+    steps = [
+        ("hit", 1, False),
+        ("peek", 1, False),
+        ("hit", 2, False),
+        ("hit", 9, False),  # more than the capacity
+        ("hit", 1, True),  # shadow
+        ("hit", 1, False),
+        ("hit", 1, False),  # denied
+        ("peek", 1, False),
+        ("hit", 1, True),  # shadow, would be denied
+    ]
+    replies, states = {"single": [], "driver": []}, {}
+    for mode, cost, shadow in steps:
+        for kind in replies:
+            rule = Rule(kind, "client", "4/m", algorithm, cost=cost, shadow=shadow)
+            reply, keys = _run(limiter, redis_client, rule, mode, kind)
+            replies[kind].append(reply)
+            states[kind] = _state(redis_client, keys[0])
+        clock.advance(7)
+    assert replies["single"] == replies["driver"]
+    assert states["single"] == states["driver"]
+    live = usage.live_key_of(keys[0])  # one identity: one shard for both scopes
+    counts = {"single": {}, "driver": {}}
+    for field, value in redis_client.hgetall(live).items():
+        _, scope, metric = field.decode().split("|")
+        counts[scope][metric] = int(value)
+    assert counts["single"] == counts["driver"]
+    assert counts["single"]["b"] >= 1 and counts["single"]["s"] >= 1
+
+
+def _state(redis_client, key):
+    if redis_client.type(key) == b"zset":
+        return redis_client.zrange(key, 0, -1, withscores=True)
+    return redis_client.get(key)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 
-from ..types import ALGORITHMS
+from ..types import ALGORITHMS, LEASE_ALGORITHMS
 
 # Fields per rule in ARGV and per rule in the reply; see driver.lua. The
 # "lease" mode adds one to ARGV (units wanted) and three to the reply.
@@ -26,18 +26,30 @@ def read_part(name: str) -> str:
     return files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
-@cache
-def script_for(algorithms: frozenset[str], driver: str = "driver") -> Script:
-    """The prelude, the algorithms a call uses, then the driver (``driver``
-    decides; ``give_back`` takes leased units back).
+# Script kinds: (parts after the algorithms, whether the lease parts are in).
+DRIVERS = {
+    "single": (("usage", "single"), False),  # one rule, hit or peek
+    "driver": (("usage", "driver"), False),  # many rules, hit or peek
+    "lease": (("usage", "driver"), True),  # the driver's lease mode
+    "give_back": (("give_back",), True),  # unused leased units back
+}
 
-    A Redis script cannot call another, so the parts are concatenated; leaving
-    out unused algorithms saves defining them on every call.
+
+@cache
+def script_for(algorithms: frozenset[str], kind: str = "driver") -> Script:
+    """The prelude, the algorithms a call uses, then what ``kind`` needs.
+
+    A Redis script cannot call another, so the parts are concatenated, and
+    Redis runs all of a script's definitions on every call: leaving out unused
+    algorithms, and the lease parts where nothing leases, saves that time.
     """
     unknown = algorithms - set(ALGORITHMS)
     if unknown:
         raise ValueError(f"Unknown algorithm(s): {', '.join(sorted(unknown))}")
-    parts = ("prelude", *(a for a in ALGORITHMS if a in algorithms), driver)
+    tail, leasing = DRIVERS[kind]
+    used = [a for a in ALGORITHMS if a in algorithms]
+    leases = [f"{a}_lease" for a in used if leasing and a in LEASE_ALGORITHMS]
+    parts = ("prelude", *used, *leases, *tail)
     source = "\n".join(read_part(name) for name in parts)
     return Script(source, hashlib.sha1(source.encode()).hexdigest())
 

@@ -23,9 +23,7 @@
 -- A rule that counts adds its identity digest to the (minute, scope)
 -- HyperLogLog of distinct clients (so the drain, reading the fields, learns
 -- of every HyperLogLog written); a denial adds one to the identity's score
--- in the shard's offenders set, which drops its lowest member beyond the
--- cap. Their key names hold the minute, so they are built here from the
--- usage hash's name (same hash tag, so the same Redis Cluster slot).
+-- in the shard's offenders set (see usage.lua).
 local now = tonumber(ARGV[2])
 if not now then
   local time = redis.call('TIME')
@@ -60,39 +58,10 @@ for i = 1, rules do
   verdicts[v + 4], verdicts[v + 5], verdicts[v + 6] = reset_now or false, reset_next, state
 end
 
--- Usage counters: HINCRBY, and the hash's TTL whenever a field is new.
+-- Usage counters (see usage.lua), hit and lease modes only.
 local usage_ttl = mode ~= 'peek' and tonumber(ARGV[3])
 local usage_key = KEYS[rules + 1]
 local minute = int(math.floor(now / 60000))
-local function count(scope, metric, amount)
-  local field = minute .. '|' .. scope .. '|' .. metric
-  if redis.call('HINCRBY', usage_key, field, amount) == amount then
-    redis.call('PEXPIRE', usage_key, usage_ttl)
-  end
-end
-
--- The identity digest of a state key: <prefix>{s<N>}:<digest>:<scope>:<alg>.
-local function identity_of(key)
-  return string.match(key, '}:([^:]+)')
-end
-
-local function seen(scope, key)
-  local hll = usage_key .. ':hll:' .. minute .. '|' .. scope
-  if redis.call('PFADD', hll, identity_of(key)) == 1 then
-    redis.call('PEXPIRE', hll, usage_ttl)
-  end
-end
-
-local function offended(scope, key, label)
-  local top = usage_key .. ':top'
-  local member = minute .. '|' .. identity_of(key) .. '|' .. label .. '|' .. scope
-  if tonumber(redis.call('ZINCRBY', top, 1, member)) == 1 then
-    redis.call('PEXPIRE', top, usage_ttl)
-    if redis.call('ZCARD', top) > tonumber(ARGV[4]) then
-      redis.call('ZPOPMIN', top)
-    end
-  end
-end
 
 -- Pass 2: consume from every rule that had room, only if nothing blocked.
 local consume = mode ~= 'peek' and not blocked
@@ -125,13 +94,7 @@ for i = 1, rules do
     end
     remaining, reset = remaining - granted, verdicts[v + 5]
     if usage_ttl then
-      if cost == 1 then
-        count(ARGV[base + 7], 'u', 1)
-      else
-        count(ARGV[base + 7], 'a', 1)
-        count(ARGV[base + 7], 'c', cost)
-      end
-      seen(ARGV[base + 7], KEYS[i])
+      count_admission(usage_key, minute, ARGV[base + 7], KEYS[i], cost, usage_ttl)
     end
   else
     if status == 0 then status = 2 end
@@ -139,9 +102,8 @@ for i = 1, rules do
       reset = RESETS[ARGV[base + 1]](KEYS[i], now, tonumber(ARGV[base + 3]))
     end
     if usage_ttl and (status == 1 or status == 3) then
-      count(ARGV[base + 7], ARGV[base + 6] == '1' and 's' or 'b', 1)
-      seen(ARGV[base + 7], KEYS[i])
-      offended(ARGV[base + 7], KEYS[i], ARGV[base + 8])
+      count_denial(usage_key, minute, ARGV[base + 7], KEYS[i], ARGV[base + 8],
+        ARGV[base + 6] == '1', usage_ttl, tonumber(ARGV[4]))
     end
   end
   reply[#reply + 1] = status

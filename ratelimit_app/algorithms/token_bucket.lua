@@ -32,31 +32,3 @@ ALGORITHMS.token_bucket = function(key, now, limit, period, capacity, cost)
   return ok, math.floor(tokens / period), retry,
     ceil_div(full - tokens, limit), reset_next, state
 end
-
--- Leasing: the mark is when the bucket is full again after the grant (whole
--- ms, rounded down). Giving back u units adds at most u tokens, and never more
--- than the refill still ahead of now (mark - now): tokens the refill has
--- already replaced would over-admit.
-LEASES.token_bucket = {
-  mark = function(now, limit, period, capacity, state)
-    local tokens = tonumber(string.match(state, '^(%d+):'))
-    return now + math.floor((capacity * period - tokens) / limit)
-  end,
-  horizon = function()
-    return -1
-  end,
-  give_back = function(key, now, limit, period, capacity, units, mark)
-    local full = capacity * period
-    local tokens = tokens_at(key, now, limit, full)
-    local credit = math.min(units * period, math.max(0, (mark - now) * limit),
-      full - tokens)
-    if credit <= 0 then return 0 end
-    tokens = tokens + credit
-    if tokens >= full then
-      redis.call('DEL', key)
-    else
-      redis.call('SET', key, int(tokens) .. ':' .. int(now), 'PX', ceil_div(full - tokens, limit))
-    end
-    return math.floor(credit / period)
-  end,
-}
