@@ -10,6 +10,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest
@@ -19,14 +20,12 @@ from . import conf, limiter, metrics
 from .addresses import client_address
 from .identity import client_ip
 from .limiter import RuleSpec
+from .policies import USER_KEYS as USER_KEYS  # where cli and explanation look
 from .policies import CompiledPolicy, glob_to_regex
 from .signals import rate_limited
 from .types import Decision, Identity
 
 logger = logging.getLogger("ratelimit_app")
-
-# Key types that read request.user (a database query the first time).
-USER_KEYS = ("user", "user_or_ip")
 
 
 @dataclass
@@ -77,12 +76,16 @@ class Outcome:
 
 def skipped(request: HttpRequest) -> bool:
     """Requests never counted: limits off, OPTIONS, RATELIMIT['EXEMPT_PATHS']."""
-    if not conf.get("ENABLED"):
+    settings = conf.get_settings()  # once, not per setting: this runs per request
+    if not settings["ENABLED"]:
         return True
-    if request.method == "OPTIONS" and not conf.get("COUNT_OPTIONS"):
+    if request.method == "OPTIONS" and not settings["COUNT_OPTIONS"]:
         return True
+    exempt = settings["EXEMPT_PATHS"]
+    if not exempt:
+        return False
     path = request.path_info
-    return any(glob_to_regex(p).fullmatch(path) for p in conf.get("EXEMPT_PATHS"))
+    return any(glob_to_regex(p).fullmatch(path) for p in exempt)
 
 
 def route_of(request: HttpRequest) -> tuple[str | None, str | None]:
@@ -107,10 +110,66 @@ def view_policy_name(request: HttpRequest) -> str | None:
     return getattr(target, "rate_limit_policy", None)
 
 
+# Paths longer than this are matched each time, so the cache stays small.
+ROUTE_CACHE_PATH_LENGTH = 512
+ROUTE_CACHE_SIZE = 1024
+
+
+class Router:
+    """One snapshot's route matching, memoized per (method, path).
+
+    Only for snapshots whose enabled policies all match by path, glob or
+    regex: then the match is a pure function of the method and the path. A
+    url_name or view matcher needs ``resolve()``, which also depends on the
+    urlconf and the active language (i18n patterns), so those snapshots are
+    matched per request as before.
+    """
+
+    def __init__(self, policies: tuple[CompiledPolicy, ...]) -> None:
+        self.policies = policies
+        self.resolves = any(
+            p.spec.enabled and (p.spec.url_name or p.spec.view) for p in policies
+        )
+        # lru_cache: bounded, thread-safe, and its lookup is in C.
+        self.match = lru_cache(maxsize=ROUTE_CACHE_SIZE)(self._match)
+
+    def _match(self, method: str, path: str) -> tuple[CompiledPolicy, ...]:
+        return tuple(
+            p
+            for p in self.policies
+            if p.spec.enabled
+            and p.routed
+            and p.matches_method(method)
+            and p.matches_route(path, None, None)
+        )
+
+
+_router = Router(())
+
+
 def routed_policies(
     request: HttpRequest, policies: Sequence[CompiledPolicy]
 ) -> list[CompiledPolicy]:
     """Enabled policies whose route matchers and methods match the request."""
+    global _router
+    path = request.path_info
+    router = _router
+    if router.policies is not policies and type(policies) is tuple:
+        router = _router = Router(policies)  # a new snapshot (tuples are immutable)
+    if (
+        router.policies is policies
+        and not router.resolves
+        and len(path) <= ROUTE_CACHE_PATH_LENGTH
+    ):
+        return list(router.match(request.method, path))
+    return match_routes(request, policies)
+
+
+def match_routes(
+    request: HttpRequest, policies: Sequence[CompiledPolicy]
+) -> list[CompiledPolicy]:
+    """``routed_policies`` without the memo: resolves the URL when a matcher
+    needs its name or view."""
     candidates = [
         p
         for p in policies
@@ -152,13 +211,7 @@ def pending(
 
 def needs_user(policies: Sequence[CompiledPolicy]) -> bool:
     """True when building the rules reads request.user (sync-only in async views)."""
-    return any(
-        p.spec.key in USER_KEYS
-        or p.spec.exempt_staff
-        or p.spec.exempt_users
-        or p.needs_groups()
-        for p in policies
-    )
+    return any(p.reads_user for p in policies)
 
 
 def request_user(request: HttpRequest):
@@ -200,13 +253,16 @@ def build_rules(
     cost: int | Callable | None = None,
 ) -> tuple[list[CompiledPolicy], list[tuple[RuleSpec, Identity]]]:
     """(spec, identity) pairs for the policies that do not exempt this client."""
-    # Exemptions match the client's own address, not its group (a /64).
-    address = client_address(request)
-    ip = str(address) if address is not None else ""
+    # Exemptions match the client's own address, not its group (a /64); only
+    # network exemptions read it, and formatting an address is not free.
+    ip = ""
+    if any(p.networks for p in policies):
+        address = client_address(request)
+        ip = str(address) if address is not None else ""
     user = request_user(request) if needs_user(policies) else None
-    groups = (
-        user_groups(user) if any(p.needs_groups() for p in policies) else frozenset()
-    )
+    groups = frozenset()  # user_groups(None) is empty too
+    if user is not None and any(p.needs_groups() for p in policies):
+        groups = user_groups(user)
     if callable(cost):
         cost = cost(request)
     applied, items = [], []

@@ -6,7 +6,7 @@ import ipaddress
 import logging
 import re
 from dataclasses import asdict, dataclass, field, fields
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from . import identity
@@ -18,6 +18,8 @@ from .types import Rule, check_lease
 logger = logging.getLogger("ratelimit_app")
 
 SOURCES = ("code", "settings", "db")  # later sources override earlier ones
+# Key types that read request.user (a database query the first time).
+USER_KEYS = ("user", "user_or_ip")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 
 
@@ -178,7 +180,31 @@ class CompiledPolicy:
     def needs_groups(self) -> bool:
         return bool(self.spec.exempt_groups or self.tiers)
 
+    # The properties below are asked on every request and never change for a
+    # compiled policy: computed once (a frozen dataclass keeps a __dict__).
+
+    @cached_property
+    def reads_user(self) -> bool:
+        """True when building its rule reads request.user."""
+        s = self.spec
+        return bool(
+            s.key in USER_KEYS
+            or s.exempt_staff
+            or s.exempt_users
+            or self.needs_groups()
+        )
+
+    @cached_property
+    def exempts(self) -> bool:
+        """True when some client may be exempt (staff, users, groups, networks)."""
+        s = self.spec
+        return bool(
+            s.exempt_staff or s.exempt_users or s.exempt_groups or self.networks
+        )
+
     def is_exempt(self, ip: str, user, groups: frozenset[str]) -> bool:
+        if not self.exempts:
+            return False
         s = self.spec
         if s.exempt_staff and user is not None and getattr(user, "is_staff", False):
             return True
@@ -188,11 +214,26 @@ class CompiledPolicy:
             return True
         return bool(self.networks) and _in_networks(ip, self.networks)
 
+    @cached_property
+    def _own_spec(self) -> RuleSpec:
+        return spec_of(
+            self.name,
+            self.rate,
+            self.spec.algorithm,
+            self.spec.cost,
+            self.spec.burst,
+            self.shadow,
+            self.leases,
+        )
+
     def rule_spec(self, groups: frozenset[str], cost: int | None = None) -> RuleSpec:
         """The engine rule (but its identity); a tier rate for group members.
 
-        Validated and cached: the common case costs a dictionary lookup.
+        Validated and cached: the common case (no tiers, the policy's own
+        cost) is an attribute read, not an lru_cache lookup hashing a Rate.
         """
+        if cost is None and not self.tiers:
+            return self._own_spec
         rate, burst = self.rate, self.spec.burst
         tier = self._best_tier(groups) if self.tiers else None
         if tier is not None:

@@ -145,18 +145,21 @@ class PolicyStore:
         self.db: list[PolicySpec] | None = None
         self.token: str | None = None
         self.compiled: tuple[CompiledPolicy, ...] = ()
-        self.checked_at = float("-inf")
+        # The monotonic time of the next freshness check: the per-request
+        # test is one clock read, not a settings lookup and a subtraction.
+        # A settings change (the interval with it) resets it through forget().
+        self.check_due = float("-inf")
         self.publish_pending = False
 
     # -- reading ---------------------------------------------------------------
 
     def policies(self) -> tuple[CompiledPolicy, ...]:
         """The merged, compiled policies; at most one Redis GET per interval."""
-        if not self._due():
+        if time.monotonic() < self.check_due and self.db is not None:
             return self.compiled
         with self._lock:
             if self._due():
-                self.checked_at = time.monotonic()
+                self._checked()
                 self._refresh(self._read_version)
         return self.compiled
 
@@ -164,7 +167,7 @@ class PolicyStore:
         """The async twin: the freshness check uses the asyncio client."""
         if not self._due():
             return self.compiled
-        self.checked_at = time.monotonic()
+        self._checked()
         started = deny_cache.now_ms()
         try:
             pipe = get_async_client().pipeline(transaction=False)
@@ -177,8 +180,11 @@ class PolicyStore:
         return self.compiled
 
     def _due(self) -> bool:
-        interval = conf.get("POLICY_REFRESH_INTERVAL")
-        return time.monotonic() - self.checked_at >= interval or self.db is None
+        return time.monotonic() >= self.check_due or self.db is None
+
+    def _checked(self) -> None:
+        """A check starts now: the next one is due an interval later."""
+        self.check_due = time.monotonic() + conf.get("POLICY_REFRESH_INTERVAL")
 
     @staticmethod
     def _observed(replies: list, started: float):
@@ -304,7 +310,7 @@ class PolicyStore:
         """Drop the local copy (settings changed); the next read reloads."""
         with self._lock:
             self.db, self.token, self.compiled = None, None, ()
-            self.checked_at = float("-inf")
+            self.check_due = float("-inf")
 
 
 store = PolicyStore()
