@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from . import conf, deny_cache, fallback, leases, usage
 from .algorithms import LEASE_REPLY_FIELDS, REPLY_FIELDS, Script, script_for
+from .backends.direct import encode
 from .backends.redis import arun_script, get_async_client, get_client, run_script
 from .backends.topology import is_cluster
 from .breaker import CircuitBreaker
@@ -52,6 +53,22 @@ class RuleSpec:
     rate: Rate
     shadow: bool
     lease: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One call's script, KEYS and ARGV, and the EVALSHA command already
+    encoded for the sync client (None: encode when sending)."""
+
+    script: Script
+    keys: list
+    args: list
+    command: bytes | None = None
+
+
+# Calls a limiter keeps prepared (a call repeats: the same rules for the same
+# client); past it the memo starts afresh.
+PREPARED_MAX = 4096
 
 
 @lru_cache(maxsize=4096, typed=True)
@@ -130,6 +147,12 @@ class Limiter:
         self.deny = deny_cache.cache if on else None
         self.epoch_key = deny_cache.epoch_key(self.prefix)
         self.leases = leases.table
+        # With Redis's clock a call's script, KEYS and ARGV never change for
+        # the same rules and identities: prepare (and encode) each once.
+        self._calls: dict[tuple, Prepared] = {}
+        self._prepared_one = lru_cache(maxsize=PREPARED_MAX, typed=True)(
+            self._prepare_one
+        )
 
     @property
     def client(self):
@@ -185,6 +208,22 @@ class Limiter:
             keys.append(usage.live_key_of(keys[0]))
         return script_for(frozenset(algorithms), _kind(mode, len(items))), keys, args
 
+    def prepared(self, items: Sequence[tuple[RuleSpec, Identity]], mode: str):
+        """``pack`` as a ``Prepared`` call, memoised unless a test clock runs."""
+        if self.clock is not None:
+            return Prepared(*self.pack(items, mode))
+        memo = (mode, *[(spec.argv, i, type(i)) for spec, i in items])
+        found = self._calls.get(memo)
+        if found is None:
+            found = self._encoded(*self.pack(items, mode))
+            if len(self._calls) >= PREPARED_MAX:
+                self._calls.clear()
+            self._calls[memo] = found
+        return found
+
+    def _encoded(self, script: Script, keys: list, args: list) -> Prepared:
+        return Prepared(script, keys, args, encode(self.client, script.sha, keys, args))
+
     def state_keys(self, items: Sequence[tuple[RuleSpec, Identity]]) -> list[str]:
         """One state key per (spec, identity); no checks for duplicates."""
         return [self._base(check_identity(i)) + spec.suffix for spec, i in items]
@@ -194,11 +233,23 @@ class Limiter:
         return self.pack(_items(rules), "hit")[1][: len(rules)]
 
     def _prepare_one(self, scope, identity, rate, algorithm, cost, burst, mode):
+        """(spec, Prepared) of a one-rule call."""
         spec = spec_of(scope, rate, algorithm, cost, burst)
         key = self._base(check_identity(identity)) + spec.suffix
         keys = [key, usage.live_key_of(key)] if self.usage_ttl else [key]
-        label = self._label(identity)
-        return spec, keys, [*self._header(mode), *spec.argv, label]
+        args = [*self._header(mode), *spec.argv, self._label(identity)]
+        if self.clock is not None:
+            return spec, Prepared(spec.script, keys, args)
+        return spec, self._encoded(spec.script, keys, args)
+
+    def _one(self, scope, identity, rate, algorithm, cost, burst, mode):
+        """``_prepare_one``, memoised unless a test clock runs."""
+        if self.clock is None:
+            with contextlib.suppress(TypeError):  # unhashable: prepare anew
+                return self._prepared_one(
+                    scope, identity, rate, algorithm, cost, burst, mode
+                )
+        return self._prepare_one(scope, identity, rate, algorithm, cost, burst, mode)
 
     def reset_keys(self, scope: str, identity: Identity) -> list[str]:
         base = self._base(check_identity(identity))
@@ -240,20 +291,20 @@ class Limiter:
             return self._decide_per_identity(client, items, mode)
         if mode == "hit" and _leased(items):  # maybe no call at all
             return self._leased_call(client, items, self.state_keys(items))
-        script, keys, args = self.pack(items, mode)
-        return self._call(client, script, keys, args, items, mode)
+        return self._call(client, self.prepared(items, mode), items, mode)
 
-    def _call(self, client, script, keys, args, items, mode) -> list[Decision]:
+    def _call(self, client, call: Prepared, items, mode) -> list[Decision]:
         """One script call, unless a lease or the deny cache answers."""
         if mode == "hit" and _leased(items):
-            return self._leased_call(client, items, keys)
-        return self._ask(client, script, keys, args, items, mode)[0]
+            return self._leased_call(client, items, call.keys)
+        return self._ask(client, call, items, mode)[0]
 
-    def _ask(self, client, script, keys, args, items, mode):
+    def _ask(self, client, call: Prepared, items, mode):
         """(decisions, the script's reply, or None when the deny cache answered)."""
         fields = _reply_fields(mode)
+        script, keys, args = call.script, call.keys, call.args
         if self.deny is None or mode == "peek":
-            reply = run_script(client, script, keys, args)
+            reply = run_script(client, script, keys, args, call.command)
             return to_decisions(items, reply, fields), reply
         started = deny_cache.now_ms()
         local = self.deny.lookup(items, keys, started)
@@ -263,7 +314,7 @@ class Limiter:
         if local is not None:
             self.deny.count(self, items, keys, local)
             return local, None
-        reply = run_script(client, script, keys, args)
+        reply = run_script(client, script, keys, args, call.command)
         decisions = to_decisions(items, reply, fields)
         if self.deny.known(self.epoch_key):
             self.deny.remember(items, keys, decisions, started, self.epoch_key)
@@ -282,8 +333,8 @@ class Limiter:
             return local
         pending, _, wants = call.pending()
         try:
-            script, keys, args = self.pack(pending, "lease", wants)
-            decisions, reply = self._ask(client, script, keys, args, pending, "lease")
+            lease = Prepared(*self.pack(pending, "lease", wants))
+            decisions, reply = self._ask(client, lease, pending, "lease")
         except BaseException:
             call.abort()
             raise
@@ -315,14 +366,11 @@ class Limiter:
         fail_mode: FailMode = None,
     ) -> Decision:
         """Consume ``cost`` units of ``rate`` for ``identity`` within ``scope``."""
-        spec, keys, args = self._prepare_one(
-            scope, identity, rate, algorithm, cost, burst, "hit"
-        )
-
+        spec, prepared = self._one(scope, identity, rate, algorithm, cost, burst, "hit")
         items = [(spec, identity)]
 
         def call():
-            return self._call(self.client, spec.script, keys, args, items, "hit")
+            return self._call(self.client, prepared, items, "hit")
 
         return fallback.guard(call, items, "hit", fail_mode, self.breaker)[0]
 
@@ -371,10 +419,8 @@ class Limiter:
         burst: int | None = None,
     ) -> Decision:
         """Whether a request of cost 1 would pass now; consumes nothing."""
-        spec, keys, args = self._prepare_one(
-            scope, identity, rate, algorithm, 1, burst, "peek"
-        )
-        reply = run_script(self.client, spec.script, keys, args)
+        spec, call = self._one(scope, identity, rate, algorithm, 1, burst, "peek")
+        reply = run_script(self.client, call.script, call.keys, call.args, call.command)
         return to_decision(reply, 0, spec.capacity, scope, False)
 
     def reset(self, scope: str, identity: Identity) -> None:
@@ -418,18 +464,19 @@ class Limiter:
             return await self._adecide_per_identity(client, items, mode)
         if mode == "hit" and _leased(items):
             return await self._aleased_call(client, items, self.state_keys(items))
-        script, keys, args = self.pack(items, mode)
-        return await self._acall(client, script, keys, args, items, mode)
+        return await self._acall(client, self.prepared(items, mode), items, mode)
 
-    async def _acall(self, client, script, keys, args, items, mode):
+    async def _acall(self, client, call: Prepared, items, mode):
         """The asyncio twin of ``_call``."""
         if mode == "hit" and _leased(items):
-            return await self._aleased_call(client, items, keys)
-        return (await self._aask(client, script, keys, args, items, mode))[0]
+            return await self._aleased_call(client, items, call.keys)
+        return (await self._aask(client, call, items, mode))[0]
 
-    async def _aask(self, client, script, keys, args, items, mode):
-        """The asyncio twin of ``_ask``."""
+    async def _aask(self, client, call: Prepared, items, mode):
+        """The asyncio twin of ``_ask`` (``call.command`` is the sync
+        client's encoding: not sent here)."""
         fields = _reply_fields(mode)
+        script, keys, args = call.script, call.keys, call.args
         if self.deny is None or mode == "peek":
             reply = await arun_script(client, script, keys, args)
             return to_decisions(items, reply, fields), reply
@@ -460,10 +507,8 @@ class Limiter:
             return local
         pending, _, wants = call.pending()
         try:
-            script, keys, args = self.pack(pending, "lease", wants)
-            decisions, reply = await self._aask(
-                client, script, keys, args, pending, "lease"
-            )
+            lease = Prepared(*self.pack(pending, "lease", wants))
+            decisions, reply = await self._aask(client, lease, pending, "lease")
         except BaseException:
             call.abort()
             raise
@@ -490,15 +535,11 @@ class Limiter:
         burst: int | None = None,
         fail_mode: FailMode = None,
     ) -> Decision:
-        spec, keys, args = self._prepare_one(
-            scope, identity, rate, algorithm, cost, burst, "hit"
-        )
-
+        spec, prepared = self._one(scope, identity, rate, algorithm, cost, burst, "hit")
         items = [(spec, identity)]
 
         async def call():
-            client = self.async_client
-            return await self._acall(client, spec.script, keys, args, items, "hit")
+            return await self._acall(self.async_client, prepared, items, "hit")
 
         return (await fallback.aguard(call, items, "hit", fail_mode, self.breaker))[0]
 
@@ -540,10 +581,8 @@ class Limiter:
         algorithm: str = "gcra",
         burst: int | None = None,
     ) -> Decision:
-        spec, keys, args = self._prepare_one(
-            scope, identity, rate, algorithm, 1, burst, "peek"
-        )
-        reply = await arun_script(self.async_client, spec.script, keys, args)
+        spec, call = self._one(scope, identity, rate, algorithm, 1, burst, "peek")
+        reply = await arun_script(self.async_client, call.script, call.keys, call.args)
         return to_decision(reply, 0, spec.capacity, scope, False)
 
     async def areset(self, scope: str, identity: Identity) -> None:

@@ -338,3 +338,49 @@ def test_module_api_uses_the_settings(key_prefix, redis_url):
             return peeked
 
         assert asyncio.run(scenario()).remaining == 3
+
+
+# -- prepared calls --------------------------------------------------------------
+
+
+def test_a_prepared_command_is_what_redis_py_would_send(make_limiter, redis_client):
+    from ratelimit_app.backends import direct
+
+    engine = make_limiter()
+    _, call = engine._one("enc", "client-é", "5/m", "gcra", 1, None, "hit")
+    connection = redis_client.connection_pool.get_connection()
+    try:
+        expected = b"".join(
+            connection.pack_command(
+                "EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args
+            )
+        )
+    finally:
+        redis_client.connection_pool.release(connection)
+    assert call.command == expected
+    assert (
+        direct.encode(redis_client, call.script.sha, call.keys, call.args) == expected
+    )
+
+
+def test_calls_are_prepared_once_and_survive_a_script_flush(make_limiter, redis_client):
+    engine = make_limiter()
+    first = engine._one("once", "client", "5/m", "gcra", 1, None, "hit")
+    assert engine._one("once", "client", "5/m", "gcra", 1, None, "hit") is first
+    assert engine.hit("once", "client", "5/m").allowed
+    redis_client.script_flush()
+    assert engine.hit("once", "client", "5/m").remaining == 3
+    items = [(first[0], "client")]
+    assert engine.prepared(items, "hit") is engine.prepared(items, "hit")
+
+
+def test_an_identity_of_another_type_is_not_taken_from_the_memo(make_limiter):
+    engine = make_limiter()
+    engine.hit("typed", 1, "5/m")
+    with pytest.raises(TypeError, match="identity must be str, bytes or int"):
+        engine.hit("typed", True, "5/m")
+
+
+def test_a_test_clock_prepares_every_call_anew(limiter):
+    first = limiter._one("clocked", "client", "5/m", "gcra", 1, None, "hit")
+    assert limiter._one("clocked", "client", "5/m", "gcra", 1, None, "hit") is not first

@@ -24,14 +24,30 @@ def _pool_of(client):
     return getattr(client, "connection_pool", None)
 
 
-def evalsha(client, sha: str, keys: list, args: list):
-    """``client.evalsha(sha, len(keys), *keys, *args)``, on a pooled connection."""
+def encode(client, sha: str, keys: list, args: list) -> bytes | None:
+    """The EVALSHA command as the client would send it (RESP, the client's own
+    encoder), to keep and send again; None when the client routes itself."""
+    pool = _pool_of(client)
+    if pool is None:
+        return None
+    encoder = pool.get_encoder()
+    parts = [encoder.encode(p) for p in ("EVALSHA", sha, len(keys), *keys, *args)]
+    head = b"*%d\r\n" % len(parts)
+    return head + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+def evalsha(client, sha: str, keys: list, args: list, command: bytes | None = None):
+    """``client.evalsha(sha, len(keys), *keys, *args)``, on a pooled connection;
+    ``command`` is that call already encoded (see ``encode``)."""
     pool = _pool_of(client)
     if pool is None:
         return client.evalsha(sha, len(keys), *keys, *args)
     connection = pool.get_connection()
     try:
-        connection.send_command("EVALSHA", sha, len(keys), *keys, *args)
+        if command is None:
+            connection.send_command("EVALSHA", sha, len(keys), *keys, *args)
+        else:
+            connection.send_packed_command([command])
         return connection.read_response()
     except ResponseError:
         raise  # an error reply (NOSCRIPT, BUSY, OOM...): the connection is fine
@@ -42,14 +58,17 @@ def evalsha(client, sha: str, keys: list, args: list):
         pool.release(connection)
 
 
-async def aevalsha(client, sha: str, keys: list, args: list):
+async def aevalsha(client, sha: str, keys: list, args: list, command=None):
     """The asyncio twin of ``evalsha``."""
     pool = _pool_of(client)
     if pool is None:
         return await client.evalsha(sha, len(keys), *keys, *args)
     connection = await pool.get_connection()
     try:
-        await connection.send_command("EVALSHA", sha, len(keys), *keys, *args)
+        if command is None:
+            await connection.send_command("EVALSHA", sha, len(keys), *keys, *args)
+        else:
+            await connection.send_packed_command([command])
         return await connection.read_response()
     except ResponseError:
         raise

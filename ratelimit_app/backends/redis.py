@@ -106,35 +106,38 @@ def _log_reload() -> None:
     )
 
 
-def run_script(client: redis.Redis, script: Script, keys: list, args: list) -> list:
+def run_script(
+    client: redis.Redis, script: Script, keys: list, args: list, command=None
+) -> list:
     """EVALSHA a script; load it once after NOSCRIPT (flush or restart).
 
+    ``command``: the call already encoded (``direct.encode``), if kept.
     Redis errors are counted (metrics) and propagate. The client never retries
     a command (``client_options``), so one call runs the script at most once.
     """
     try:
         try:
-            return direct.evalsha(client, script.sha, keys, args)
+            return direct.evalsha(client, script.sha, keys, args, command)
         except NoScriptError:
             _log_reload()
             client.script_load(script.source)
-            return direct.evalsha(client, script.sha, keys, args)
+            return direct.evalsha(client, script.sha, keys, args, command)
     except RedisError as exc:
         metrics.record_redis_error(SCRIPT_OPERATION, exc)
         raise
 
 
 async def arun_script(
-    client: redis.asyncio.Redis, script: Script, keys: list, args: list
+    client: redis.asyncio.Redis, script: Script, keys: list, args: list, command=None
 ) -> list:
     """The asyncio twin of ``run_script``."""
     try:
         try:
-            return await direct.aevalsha(client, script.sha, keys, args)
+            return await direct.aevalsha(client, script.sha, keys, args, command)
         except NoScriptError:
             _log_reload()
             await client.script_load(script.source)
-            return await direct.aevalsha(client, script.sha, keys, args)
+            return await direct.aevalsha(client, script.sha, keys, args, command)
     except RedisError as exc:
         metrics.record_redis_error(SCRIPT_OPERATION, exc)
         raise
