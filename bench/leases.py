@@ -28,6 +28,7 @@ import multiprocessing
 import secrets
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import redis
 
@@ -271,7 +272,11 @@ def _window_row(load: str, admitted: int, bound: int) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="bucket runs")
+    parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument("--markdown-out", help="also write the tables here")
     options = parser.parse_args(argv)
+    if options.quick:
+        options.seconds = 1.0
     prefix = f"bench-lease-{secrets.token_hex(4)}"
     with bench_redis() as url:
         configure_django(url, prefix)
@@ -287,7 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             conf.number("LEASE_MAX_SHARE"),
             conf.number("LEASE_MAX_SECONDS"),
         )
-        print(report(window, rows, share, lease_s))
+        markdown = report(window, rows, share, lease_s)
+    print(markdown)
+    if options.markdown_out:
+        Path(options.markdown_out).write_text(markdown + "\n", encoding="utf-8")
     return 0
 
 

@@ -1,11 +1,11 @@
-"""One benchmark report: ``bench.decisions`` and ``bench.http`` in one go.
+"""One benchmark report: ``bench.decisions``, ``bench.http`` and ``bench.leases``.
 
-``python -m bench.report`` (``make bench``) runs both benchmarks one after the
+``python -m bench.report`` (``make bench``) runs the benchmarks one after the
 other on the same Redis and writes their markdown, under one heading with the
 date and the machine, to ``bench/REPORT.md`` (``--output``). With ``--readme``
 it also puts the report into README.md between the ``<!-- bench-report -->``
 markers, so the README shows the latest figures. Extra arguments after ``--``
-go to both benchmarks (e.g. ``-- --quick`` for a smoke run).
+go to every benchmark (e.g. ``-- --quick`` for a smoke run).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = (
     ("Decisions per second, one process, one key", "bench.decisions"),
     ("Requests per second through Django", "bench.http"),
+    ("Token leasing: bounds, under-admission, Redis calls", "bench.leases"),
 )
 README_START = "<!-- bench-report -->"
 README_END = "<!-- /bench-report -->"
