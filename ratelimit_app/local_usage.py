@@ -41,6 +41,10 @@ FLUSH_INTERVAL = 1.0
 # Buffered counts are kept per this many milliseconds (their minute is exact
 # but for counts made this close to a minute's end).
 BUCKET_MS = 100
+# Rows (usage hash, scope, metric, identity, 100 ms bucket) the buffer holds at
+# most: while Redis is unreachable for long, counts beyond it are dropped (and
+# the drop logged) rather than grow the process without bound.
+MAX_ROWS = 100_000
 # Metrics that add to the offenders set (a denial), beside the count and HLL.
 DENIALS = frozenset({"b", "s"})
 
@@ -66,6 +70,7 @@ class UsageBuffer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter = Counter()
+        self._dropped = 0
         self._tasks: list[Callable[[], object]] = []
         self._flusher_pid: int | None = None
 
@@ -78,6 +83,9 @@ class UsageBuffer:
         """Add each (``row_of(...)``, n) of ``counts``, under one lock."""
         bucket = int(now_ms() // BUCKET_MS)
         with self._lock:
+            if len(self._counts) >= MAX_ROWS:
+                self._dropped += sum(n for _, n in counts)
+                return
             for (where, what), n in counts:
                 self._counts[(where, what, bucket)] += n
         self.start()
@@ -116,6 +124,14 @@ class UsageBuffer:
         """Write the buffered counts to Redis; return how many were written."""
         with self._lock:
             counts, self._counts = self._counts, Counter()
+            dropped, self._dropped = self._dropped, 0
+        if dropped:
+            logger.error(
+                "ratelimit: %d local usage counts dropped: %d rows were waiting "
+                "for Redis already (it has been unreachable for long)",
+                dropped,
+                MAX_ROWS,
+            )
         by_client: dict = {}
         for (where, what, bucket), n in counts.items():
             by_client.setdefault(where[0], []).append((where, what, bucket, n))
@@ -131,10 +147,17 @@ class UsageBuffer:
                         self._counts[(where, what, bucket)] += n
         return written
 
+    def clear(self) -> None:
+        """Drop every buffered count (nothing is written)."""
+        with self._lock:
+            self._counts = Counter()
+            self._dropped = 0
+
     def after_fork_in_child(self) -> None:
         """The parent writes what was buffered before the fork, not the child."""
         self._lock = threading.Lock()
         self._counts = Counter()
+        self._dropped = 0
         self._flusher_pid = None
 
 

@@ -346,3 +346,43 @@ def test_a_leased_denial_is_answered_locally_for_lease_max_seconds_at_most(
     local_usage.time.sleep(0.11)
     engine.hit_many([rule])
     assert len(calls) == sent + 1
+
+
+# -- when Redis fails ------------------------------------------------------------------
+
+
+def test_a_held_lease_keeps_admitting_while_redis_is_down_then_the_fail_mode_decides(
+    make_limiter,
+):
+    """Leased units were consumed in Redis already: they stay good while it is
+    unreachable; once they run out, the fail mode ("closed" here) answers."""
+    from ratelimit_app.backends.topology import client_from_url
+    from ratelimit_app.testing import RedisServer
+
+    server = RedisServer().start()
+    try:
+        client = client_from_url(server.url, socket_timeout=0.2)
+        engine = make_limiter(client=client)
+        rule = leased("gcra", "1000/h")
+        for _ in range(40):
+            assert engine.hit_many([rule], fail_mode="closed")[0].allowed
+        held = leases.table.units_held()
+        assert held > 0
+    finally:
+        server.stop()
+    during = [engine.hit_many([rule], fail_mode="closed")[0] for _ in range(held + 3)]
+    assert all(d.allowed and d.reason == "ok" for d in during[:held])
+    assert [d.reason for d in during[held:]] == ["fallback_closed"] * 3
+    local_usage.buffer.clear()  # counts for the stopped server: nowhere to go
+
+
+def test_the_usage_buffer_drops_counts_beyond_its_cap_and_says_so(
+    make_limiter, key_prefix, monkeypatch, caplog
+):
+    monkeypatch.setattr(local_usage, "MAX_ROWS", 3)
+    engine = make_limiter()
+    for n in range(5):
+        key = f"{key_prefix}{{s1}}:d{n}:s:g"
+        local_usage.buffer.add(engine, key, "s", "b", 1, "")
+    assert local_usage.buffer.flush() == 3
+    assert "2 local usage counts dropped" in caplog.text
