@@ -262,11 +262,14 @@ async def test_the_async_twin_takes_from_the_same_leases(calls):
 
 
 @pytest.mark.django_db
-def test_stats_stay_exact_with_leasing():
+def test_stats_stay_exact_with_leasing_and_the_deny_cache(calls):
     rule = leased("gcra", "200/h", identity="stats-client", scope="leased-stats")
     engine = limiter.default_limiter()
+    assert engine.deny is not None
     decisions = [engine.hit_many([rule])[0] for _ in range(300)]
     assert sum(d.allowed for d in decisions) == 200
+    # Most admissions came from leases and most denials from the deny cache.
+    assert len(calls) < 30
     leases.table.end_all()
     aggregation.drain_usage()
     rows = UsageMinute.objects.filter(policy="leased-stats")
