@@ -55,15 +55,23 @@ class RuleSpec:
     lease: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Prepared:
-    """One call's script, KEYS and ARGV, and the EVALSHA command already
-    encoded for the sync client (None: encode when sending)."""
+    """One call's script, KEYS and ARGV; a kept one (``keep``) also keeps its
+    EVALSHA command as the sync client encodes it, from the first send on."""
 
     script: Script
     keys: list
     args: list
+    keep: bool = False
     command: bytes | None = None
+
+    def encoded(self, client) -> bytes | None:
+        """The command to send again, or None: let the client encode it."""
+        if self.command is None and self.keep:
+            self.command = encode(client, self.script.sha, self.keys, self.args)
+            self.keep = self.command is not None  # None: the client routes itself
+        return self.command
 
 
 # Calls a limiter keeps prepared (a call repeats: the same rules for the same
@@ -215,14 +223,11 @@ class Limiter:
         memo = (mode, *[(spec.argv, i, type(i)) for spec, i in items])
         found = self._calls.get(memo)
         if found is None:
-            found = self._encoded(*self.pack(items, mode))
+            found = Prepared(*self.pack(items, mode), keep=True)
             if len(self._calls) >= PREPARED_MAX:
                 self._calls.clear()
             self._calls[memo] = found
         return found
-
-    def _encoded(self, script: Script, keys: list, args: list) -> Prepared:
-        return Prepared(script, keys, args, encode(self.client, script.sha, keys, args))
 
     def state_keys(self, items: Sequence[tuple[RuleSpec, Identity]]) -> list[str]:
         """One state key per (spec, identity); no checks for duplicates."""
@@ -238,9 +243,7 @@ class Limiter:
         key = self._base(check_identity(identity)) + spec.suffix
         keys = [key, usage.live_key_of(key)] if self.usage_ttl else [key]
         args = [*self._header(mode), *spec.argv, self._label(identity)]
-        if self.clock is not None:
-            return spec, Prepared(spec.script, keys, args)
-        return spec, self._encoded(spec.script, keys, args)
+        return spec, Prepared(spec.script, keys, args, keep=self.clock is None)
 
     def _one(self, scope, identity, rate, algorithm, cost, burst, mode):
         """``_prepare_one``, memoised unless a test clock runs."""
@@ -304,7 +307,7 @@ class Limiter:
         fields = _reply_fields(mode)
         script, keys, args = call.script, call.keys, call.args
         if self.deny is None or mode == "peek":
-            reply = run_script(client, script, keys, args, call.command)
+            reply = run_script(client, script, keys, args, call.encoded(client))
             return to_decisions(items, reply, fields), reply
         started = deny_cache.now_ms()
         local = self.deny.lookup(items, keys, started)
@@ -314,7 +317,7 @@ class Limiter:
         if local is not None:
             self.deny.count(self, items, keys, local)
             return local, None
-        reply = run_script(client, script, keys, args, call.command)
+        reply = run_script(client, script, keys, args, call.encoded(client))
         decisions = to_decisions(items, reply, fields)
         if self.deny.known(self.epoch_key):
             self.deny.remember(items, keys, decisions, started, self.epoch_key)
@@ -420,7 +423,10 @@ class Limiter:
     ) -> Decision:
         """Whether a request of cost 1 would pass now; consumes nothing."""
         spec, call = self._one(scope, identity, rate, algorithm, 1, burst, "peek")
-        reply = run_script(self.client, call.script, call.keys, call.args, call.command)
+        client = self.client
+        reply = run_script(
+            client, call.script, call.keys, call.args, call.encoded(client)
+        )
         return to_decision(reply, 0, spec.capacity, scope, False)
 
     def reset(self, scope: str, identity: Identity) -> None:

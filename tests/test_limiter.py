@@ -348,6 +348,7 @@ def test_a_prepared_command_is_what_redis_py_would_send(make_limiter, redis_clie
 
     engine = make_limiter()
     _, call = engine._one("enc", "client-é", "5/m", "gcra", 1, None, "hit")
+    engine.hit("enc", "client-é", "5/m")  # the first send encodes it
     connection = redis_client.connection_pool.get_connection()
     try:
         expected = b"".join(
