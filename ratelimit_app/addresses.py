@@ -190,7 +190,19 @@ def client_network(request: HttpRequest) -> str | None:
     """The client's address grouped by IPV4_PREFIX / IPV6_PREFIX, as text.
 
     ``192.0.2.7`` (a whole /32), ``192.0.2.0/24``, ``2001:db8:1:2::/64``.
+    Kept on the request like the address: every ip-keyed policy asks.
     """
+    found = request.__dict__.get(_CACHED_NETWORK, _UNKNOWN)
+    if found is _UNKNOWN:
+        found = request.__dict__[_CACHED_NETWORK] = _find_client_network(request)
+    return found
+
+
+_CACHED_NETWORK = "_ratelimit_client_network"
+_UNKNOWN = object()
+
+
+def _find_client_network(request: HttpRequest) -> str | None:
     address = client_address(request)
     if address is None:
         return None

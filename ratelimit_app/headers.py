@@ -37,13 +37,21 @@ def sf_string(value: str) -> str:
     return '"' + printable.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-@lru_cache(maxsize=4096)
 def policy_item(name: str, algorithm: str, rate: Rate, capacity: int) -> str:
     """One RateLimit-Policy list item; the same for every request of a policy."""
+    return _policy_item(name, algorithm, rate.limit, rate.period_ms, capacity)
+
+
+# Cached on plain values: hashing a Rate (a dataclass) runs Python code, and
+# this is asked for every policy of every request.
+@lru_cache(maxsize=4096)
+def _policy_item(
+    name: str, algorithm: str, limit: int, period_ms: int, capacity: int
+) -> str:
     if algorithm in WINDOW_ALGORITHMS:
-        window = math.ceil(rate.period_ms / 1000)
+        window = math.ceil(period_ms / 1000)
     else:  # the time to refill the whole capacity
-        window = math.ceil(capacity * rate.period_ms / rate.limit / 1000)
+        window = math.ceil(capacity * period_ms / limit / 1000)
     return f"{sf_string(name)};q={capacity};w={window}"
 
 
@@ -54,27 +62,26 @@ def whole_seconds(seconds: float) -> int:
 
 def ratelimit_headers(outcome: Outcome) -> dict[str, str]:
     """Headers for every enforcing policy that matched (shadow ones are silent)."""
-    rows = [
-        (p, d, rule)
-        for p, d, rule in zip(
-            outcome.policies, outcome.decisions, outcome.specs, strict=True
+    # One plain loop: this runs on every limited response.
+    items, states, shown = [], [], []
+    for p, d, rule in zip(
+        outcome.policies, outcome.decisions, outcome.specs, strict=True
+    ):
+        if d.shadow:
+            continue
+        rate = rule.rate
+        items.append(
+            _policy_item(p.name, p.spec.algorithm, rate.limit, rate.period_ms, d.limit)
         )
-        if not d.shadow
-    ]
-    if not rows:
-        return {}
-    headers = {
-        "RateLimit-Policy": ", ".join(
-            policy_item(p.name, p.spec.algorithm, rule.rate, d.limit)
-            for p, d, rule in rows
-        ),
-        "RateLimit": ", ".join(
+        states.append(
             f"{sf_string(p.name)};r={d.remaining};t={whole_seconds(d.reset_after)}"
-            for p, d, _ in rows
-        ),
-    }
+        )
+        shown.append(d)
+    if not shown:
+        return {}
+    headers = {"RateLimit-Policy": ", ".join(items), "RateLimit": ", ".join(states)}
     if conf.get("LEGACY_HEADERS"):
-        decision = min((d for _, d, _ in rows), key=lambda d: d.remaining)
+        decision = min(shown, key=lambda d: d.remaining)
         headers["X-RateLimit-Limit"] = str(decision.limit)
         headers["X-RateLimit-Remaining"] = str(decision.remaining)
         headers["X-RateLimit-Reset"] = str(whole_seconds(decision.reset_after))

@@ -125,7 +125,12 @@ def record_decisions(outcome: Outcome) -> None:
         return
     blocked = outcome.blocked
     for policy, decision in zip(outcome.policies, outcome.decisions, strict=True):
-        _decisions_child(found, policy.name, result_of(decision, blocked)).inc()
+        result = result_of(decision, blocked)
+        # The cache inline: this runs for every policy of every request.
+        child = _children.get((policy.name, result))
+        if child is None:
+            child = _decisions_child(found, policy.name, result)
+        child.inc()
 
 
 # (policy, result) -> the labelled counter: ``labels()`` takes a lock and
