@@ -36,6 +36,42 @@ def test_each_route_matcher(client, matcher):
         assert statuses(client, "/api/items/3/", 2) == [200, 429]
 
 
+def test_a_database_policy_applies_to_a_path_already_seen_unmatched(
+    client, django_capture_on_commit_callbacks
+):
+    """Route matches are remembered per snapshot: a new one is matched afresh."""
+    with policies({"name": "elsewhere", "rate": "5/m", "path": "/api/*"}):
+        assert statuses(client, "/plain/", 2) == [200, 200]
+        assert "RateLimit" not in client.get("/plain/").headers
+        with django_capture_on_commit_callbacks(execute=True):
+            Policy.objects.create(name="late", rate="1/m", path="/plain/")
+        assert statuses(client, "/plain/", 2) == [200, 429]
+        assert statuses(client, "/api/items/", 1) == [200]
+
+
+def test_a_route_matcher_sees_each_method_and_very_long_paths(client):
+    long_path = "/api/" + "x" * 600 + "/"
+    with policies(
+        {"name": "posts", "rate": "1/m", "path": "/api/*", "methods": "POST"},
+        {"name": "wide", "rate": "2/m", "path_regex": "^/api/x+/$"},
+    ):
+        assert statuses(client, long_path, 3) == [404, 404, 429]  # no such view
+        assert client.post("/api/items/").status_code == 200
+        assert client.post("/api/items/").status_code == 429
+        assert "RateLimit" not in client.get("/api/items/").headers  # a GET
+
+
+def test_url_name_and_path_matchers_together(client):
+    """A snapshot with a url_name matcher resolves each request."""
+    with policies(
+        {"name": "named", "rate": "1/m", "url_name": "item"},
+        {"name": "glob", "rate": "5/m", "path": "/api/*"},
+    ):
+        assert statuses(client, "/api/items/3/", 2) == [200, 429]
+        response = client.get("/api/items/")
+        assert response.headers["RateLimit-Policy"] == '"glob";q=5;w=60'
+
+
 def test_the_url_name_matcher_does_not_match_other_names(client):
     with policies({"name": "named", "rate": "1/m", "url_name": "item"}):
         assert statuses(client, "/api/items/", 3) == [200, 200, 200]

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from ratelimit_app.limiter import spec_of
 from ratelimit_app.policies import PolicySpec, compile_all, compile_spec, glob_to_regex
 
 
@@ -114,6 +115,36 @@ def test_the_most_generous_tier_wins():
     spec = policy.rule_spec(frozenset({"silver", "gold"}))
     assert (spec.rate.limit, spec.capacity) == (100, 150)
     assert policy.rule_spec(frozenset()).rate.limit == 1
+
+
+def test_a_policy_rule_without_tiers_or_cost_is_the_engine_rule_of_its_fields():
+    policy = compile_spec(
+        PolicySpec("own", "5/m", algorithm="token_bucket", burst=7, cost=2)
+    )
+    expected = spec_of("own", policy.rate, "token_bucket", 2, 7, False, False)
+    assert policy.rule_spec(frozenset()) == expected
+    assert policy.rule_spec(frozenset({"any"})) is policy.rule_spec(frozenset())
+    assert policy.rule_spec(frozenset(), cost=3).argv[4] == 3  # a cost is honoured
+
+
+@pytest.mark.parametrize(
+    ("fields", "reads_user", "exempts"),
+    [
+        ({}, False, False),
+        ({"key": "user"}, True, False),
+        ({"key": "user_or_ip"}, True, False),
+        ({"exempt_staff": True}, True, True),
+        ({"exempt_users": (1,)}, True, True),
+        ({"exempt_groups": ("g",)}, True, True),
+        ({"tiers": (("g", "9/m", None),)}, True, False),
+        ({"exempt_networks": ("10.0.0.0/8",)}, False, True),
+    ],
+)
+def test_what_a_policy_reads_and_whether_it_exempts(fields, reads_user, exempts):
+    policy = compile_spec(PolicySpec("p", "1/m", **fields))
+    assert (policy.reads_user, policy.exempts) == (reads_user, exempts)
+    if not exempts:
+        assert not policy.is_exempt("10.0.0.1", None, frozenset({"g"}))
 
 
 def test_network_exemptions_accept_ipv4_and_ipv6():

@@ -93,6 +93,24 @@ def test_steady_state_needs_no_database_query(client, django_assert_num_queries)
             assert statuses(client, "/plain/", 5) == [200] * 5
 
 
+def test_the_version_is_read_once_per_interval_and_again_after_a_settings_change(
+    monkeypatch,
+):
+    reads = []
+    read_version = store._read_version
+    monkeypatch.setattr(
+        store, "_read_version", lambda: reads.append(1) or read_version()
+    )
+    with policies({"name": "fresh", "rate": "1/m"}, POLICY_REFRESH_INTERVAL=60):
+        for _ in range(3):
+            assert policy_by_name("fresh") is not None
+        assert len(reads) == 1
+        with policies({"name": "other", "rate": "1/m"}, POLICY_REFRESH_INTERVAL=0):
+            for _ in range(2):
+                assert policy_by_name("fresh") is None
+            assert len(reads) == 3  # a zero interval checks on every read
+
+
 def test_a_failed_publish_is_retried(django_capture_on_commit_callbacks):
     server = RedisServer().start()
     try:
