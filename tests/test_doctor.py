@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -180,7 +181,9 @@ def test_lua_refused_fails(admin, private_redis):
 def test_clock_skew_above_a_second_warns(redis_client, offset):
     finding = doctor.check_clock(redis_client, now=lambda: time.time() + offset)
     assert finding.status == WARN
-    assert f"{-offset:+.0f}" in finding.message
+    # The round trip to Redis (slow on a loaded machine) shifts the reading.
+    skew = float(re.search(r"clock is ([-+]?[\d.]+) s", finding.message).group(1))
+    assert abs(skew + offset) < 0.5, finding.message
     assert finding.fix == Fixes.CLOCK
 
 
