@@ -28,7 +28,8 @@ Bounds (L = ``LEASE_MAX_SECONDS``, P = processes holding leases):
 
 k adapts to the process's recent rate on the rule: about the units it admits
 in half of L, doubling at most per grant (slow start), at least the cost and
-at most ``LEASE_MAX_SHARE`` x capacity. A rule seen once asks for its cost
+at most ``LEASE_MAX_SHARE`` x capacity; a key with no grant for two lease
+lives starts again from its cost. A rule seen once asks for its cost
 only: a quiet key (a per-IP limit with a few requests per second) stays an
 ordinary exact call per request.
 
@@ -63,6 +64,8 @@ logger = logging.getLogger("ratelimit_app")
 
 # A lease aims to last this share of LEASE_MAX_SECONDS at the recent rate.
 TARGET_SHARE = 0.5
+# A key with no grant for this many lease lives starts again from its cost.
+IDLE_LIVES = 2
 # An entry with no units and no grant for this long is forgotten.
 IDLE_MS = 60_000
 
@@ -136,9 +139,13 @@ class LeaseTable:
         lease = self._leases.get((key, spec.argv))
         if lease is None:
             return cost
-        observed = lease.used / max(now - lease.granted_at, 1.0)
-        lease.rate = observed if not lease.rate else (lease.rate + observed) / 2
         max_ms, share, _ = conf.lease_settings()
+        elapsed = max(now - lease.granted_at, 1.0)
+        if elapsed > IDLE_LIVES * max_ms:  # an old burst must not size a lease
+            lease.rate = 0.0
+            return cost
+        observed = lease.used / elapsed
+        lease.rate = (lease.rate + observed) / 2 if lease.rate else observed
         most = math.floor(spec.capacity * share)
         target = max_ms * TARGET_SHARE
         k = min(math.ceil(lease.rate * target), most, 2 * max(lease.wanted, cost))

@@ -389,3 +389,17 @@ def test_the_usage_buffer_drops_counts_beyond_its_cap_and_says_so(
         local_usage.buffer.add(engine, key, "s", "b", 1, "")
     assert local_usage.buffer.flush() == 3
     assert "2 local usage counts dropped" in caplog.text
+
+
+def test_after_an_idle_spell_k_starts_from_the_current_rate(make_limiter, settings):
+    settings.RATELIMIT = {**settings.RATELIMIT, "LEASE_MAX_SECONDS": 0.05}
+    engine = make_limiter()
+    rule = leased("gcra", "100000/h")
+    for _ in range(2000):
+        engine.hit_many([rule])
+    (lease,) = leases.table._leases.values()
+    assert lease.wanted >= 16
+    local_usage.time.sleep(0.3)  # idle for six lease lives
+    engine.hit_many([rule])  # the old lease ended: a new grant, sized afresh
+    (lease,) = leases.table._leases.values()
+    assert lease.wanted == 1  # the cost: slow start again
