@@ -120,7 +120,16 @@ def client_from_url(url: str, *, asyncio: bool = False, **options: Any):
 
 def is_cluster(client) -> bool:
     """True for a Redis Cluster client (sync or asyncio)."""
-    return isinstance(client, CLUSTER_TYPES)
+    kind = type(client)
+    found = _CLUSTER_BY_TYPE.get(kind)
+    if found is None:
+        found = _CLUSTER_BY_TYPE[kind] = isinstance(client, CLUSTER_TYPES)
+    return found
+
+
+# Per client class: redis-py's cluster classes derive from typing Protocols,
+# whose isinstance() is slow, and this runs on every decision.
+_CLUSTER_BY_TYPE: dict[type, bool] = {}
 
 
 def _bad(url: str, problem: str) -> ImproperlyConfigured:
