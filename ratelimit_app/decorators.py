@@ -26,6 +26,7 @@ def rate_limit(
     cost: int | Callable[[HttpRequest], int] = 1,
     burst: int | None = None,
     count_when: Callable | None = None,
+    lease: bool = False,
 ):
     """Limit a view by the policy ``name``, or by one declared here.
 
@@ -33,6 +34,8 @@ def rate_limit(
     the admin can override it by name. ``block=False`` only annotates
     ``request.ratelimit``. ``count_when(response)`` checks before the view and
     counts after it, only when it returns True (e.g. failed logins).
+    ``lease=True`` lets each process admit from units leased in advance (see
+    ratelimit_app.leases; fixed_window, token_bucket and gcra).
     """
     if name is None and rate is None:
         raise ImproperlyConfigured(
@@ -56,6 +59,7 @@ def rate_limit(
                 burst=burst,
                 cost=1 if callable(cost) else cost,
                 methods=",".join(methods or ()),
+                lease=lease,
                 source="code",
             )
             register_code_policy(spec, f"@rate_limit on {view.__qualname__}")

@@ -83,3 +83,30 @@ def test_a_bad_code_policy_fails_at_import_time(kwargs, message):
 async def test_async_views_are_limited(async_client):
     codes = [(await async_client.get("/async-code/")).status_code for _ in range(3)]
     assert codes == [200, 200, 429]
+
+
+def test_a_code_policy_can_lease_and_still_admits_exactly_its_rate(rf, caplog):
+    from ratelimit_app import leases
+    from ratelimit_app.snapshot import get_policies
+
+    leases.table.clear()
+
+    @rate_limit(rate="3/m", name="code-leased", algorithm="fixed_window", lease=True)
+    def view(request):
+        from django.http import HttpResponse
+
+        return HttpResponse("ok")
+
+    (policy,) = [p for p in get_policies() if p.name == "code-leased"]
+    assert policy.leases and policy.rule_spec(frozenset()).lease
+    codes = [view(rf.get("/anything/")).status_code for _ in range(5)]
+    assert codes == [200, 200, 200, 429, 429]
+    leases.table.clear()
+
+
+def test_a_code_policy_leasing_where_it_cannot_fails_at_import():
+    with pytest.raises(ImproperlyConfigured, match="lease applies to fixed_window"):
+
+        @rate_limit(rate="3/m", name="code-bad", algorithm="leaky_bucket", lease=True)
+        def view(request):
+            return None
