@@ -316,9 +316,10 @@ class LeasedCall:
         counts = []
         for index, lease in self.taken.items():
             cost = self.items[index][0].argv[4]
-            counts += ((row, cost if row[1][2] == "c" else 1) for row in lease.counts)
+            for row in lease.counts:
+                counts.append((row, cost if row.metric == "c" else 1))
         if counts:
-            buffer.count_many(counts)
+            buffer.count_many(counts, self.started)
 
 
 def _admission_rows(limiter, key: str, item) -> tuple:

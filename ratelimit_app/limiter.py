@@ -158,6 +158,7 @@ class Limiter:
         # With Redis's clock a call's script, KEYS and ARGV never change for
         # the same rules and identities: prepare (and encode) each once.
         self._calls: dict[tuple, Prepared] = {}
+        self._state_keys: dict[tuple, str] = {}
         self._prepared_one = lru_cache(maxsize=PREPARED_MAX, typed=True)(
             self._prepare_one
         )
@@ -230,8 +231,18 @@ class Limiter:
         return found
 
     def state_keys(self, items: Sequence[tuple[RuleSpec, Identity]]) -> list[str]:
-        """One state key per (spec, identity); no checks for duplicates."""
-        return [self._base(check_identity(i)) + spec.suffix for spec, i in items]
+        """One state key per (spec, identity); no checks for duplicates.
+        Memoised (the leased path's lookups need keys, not a whole call)."""
+        keys, memo = [], self._state_keys
+        for spec, identity in items:
+            found = memo.get((spec.suffix, identity, type(identity)))
+            if found is None:
+                found = self._base(check_identity(identity)) + spec.suffix
+                if len(memo) >= PREPARED_MAX:
+                    memo.clear()
+                memo[(spec.suffix, identity, type(identity))] = found
+            keys.append(found)
+        return keys
 
     def keys_for(self, rules: Sequence[Rule]) -> list[str]:
         """One state key per rule."""
@@ -644,7 +655,7 @@ def _reply_fields(mode: str) -> int:
 
 
 def _leased(items: Sequence[tuple[RuleSpec, Identity]]) -> bool:
-    return any(spec.lease for spec, _ in items)
+    return any([spec.lease for spec, _ in items])  # a list: faster when short
 
 
 def _token() -> str:

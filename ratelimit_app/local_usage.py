@@ -58,14 +58,43 @@ def digest_of(key: str) -> str:
     return key[key.index("}") + 2 :].split(":", 1)[0]
 
 
-def row_of(limiter, key: str, scope: str, metric: str, label: str) -> tuple:
-    """Where and what one count goes to (hashable; see ``count_many``)."""
+class Row:
+    """Where one count goes (client, live hash, TTL) and what it counts
+    (offenders kept, scope, metric, identity digest, label).
+
+    Hashed by identity, not content: the hot path (a lease admitting) keeps
+    its rows and counts into them without hashing ten fields each time.
+    ``row_of`` hands out one Row per content while it can; two Rows of the
+    same content still add up when written (``_write`` sums by content).
+    """
+
+    __slots__ = ("what", "where")
+
+    def __init__(self, where: tuple, what: tuple) -> None:
+        self.where, self.what = where, what
+
+    @property
+    def metric(self) -> str:
+        return self.what[2]
+
+
+_rows: dict[tuple, Row] = {}
+
+
+def row_of(limiter, key: str, scope: str, metric: str, label: str) -> Row:
+    """The Row of one count (see ``UsageBuffer.count_many``)."""
     where = (limiter.client, usage.live_key_of(key), limiter.usage_ttl)
-    return where, (limiter.offenders_kept, scope, metric, digest_of(key), label)
+    what = (limiter.offenders_kept, scope, metric, digest_of(key), label)
+    found = _rows.get((where, what))
+    if found is None:
+        if len(_rows) >= MAX_ROWS:
+            _rows.clear()
+        found = _rows[(where, what)] = Row(where, what)
+    return found
 
 
 class UsageBuffer:
-    """Counts by (where, what, 100 ms bucket); thread-safe."""
+    """Counts by (Row, 100 ms bucket); thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -79,15 +108,16 @@ class UsageBuffer:
         in the live usage hash of that key's shard."""
         self.count_many([(row_of(limiter, key, scope, metric, label), n)])
 
-    def count_many(self, counts) -> None:
-        """Add each (``row_of(...)``, n) of ``counts``, under one lock."""
-        bucket = int(now_ms() // BUCKET_MS)
+    def count_many(self, counts, now: float | None = None) -> None:
+        """Add each (``row_of(...)``, n) of ``counts``, under one lock, in the
+        bucket of ``now`` (monotonic ms; default: now)."""
+        bucket = int((now_ms() if now is None else now) // BUCKET_MS)
         with self._lock:
             if len(self._counts) >= MAX_ROWS:
                 self._dropped += sum(n for _, n in counts)
                 return
-            for (where, what), n in counts:
-                self._counts[(where, what, bucket)] += n
+            for row, n in counts:
+                self._counts[(row, bucket)] += n
         self.start()
 
     def every_flush(self, task: Callable[[], object]) -> None:
@@ -133,18 +163,18 @@ class UsageBuffer:
                 MAX_ROWS,
             )
         by_client: dict = {}
-        for (where, what, bucket), n in counts.items():
-            by_client.setdefault(where[0], []).append((where, what, bucket, n))
+        for (row, bucket), n in counts.items():
+            by_client.setdefault(row.where[0], []).append((row, bucket, n))
         written = 0
         for client, rows in by_client.items():
             try:
                 _write(client, rows)
-                written += sum(row[3] for row in rows if row[1][2] != "c")
+                written += sum(n for row, _, n in rows if row.metric != "c")
             except RedisError as exc:
                 logger.warning("ratelimit: local usage counts kept: %s", exc)
                 with self._lock:
-                    for where, what, bucket, n in rows:
-                        self._counts[(where, what, bucket)] += n
+                    for row, bucket, n in rows:
+                        self._counts[(row, bucket)] += n
         return written
 
     def clear(self) -> None:
@@ -168,9 +198,9 @@ def _write(client, rows) -> None:
     seconds, micros = client.time()
     redis_now, local_now = seconds * 1000 + micros // 1000, now_ms()
     by_minute: Counter = Counter()
-    for where, what, bucket, n in rows:
+    for row, bucket, n in rows:
         age = local_now - (bucket + 0.5) * BUCKET_MS
-        by_minute[(where, what, int((redis_now - max(age, 0)) // 60000))] += n
+        by_minute[(row.where, row.what, int((redis_now - max(age, 0)) // 60000))] += n
     pipe = client.pipeline(transaction=False)
     for (
         (_, live, ttl),
