@@ -295,9 +295,22 @@ class Limiter:
         """
         if not items:
             return []
+        if mode == "hit" and _all_leased(items):
+            local = self._from_leases(items)
+            if local is not None:
+                return local
         return fallback.guard(
             lambda: self._decide(items, mode), items, mode, fail_mode, self.breaker
         )
+
+    def _from_leases(self, items) -> list[Decision] | None:
+        """Every rule admitted from this process's leases, or None (nothing
+        taken): the common leased call needs neither Redis nor the guard."""
+        call = leases.LeasedCall(self.leases, self, items, self.state_keys(items))
+        local = call.local()
+        if local is None:
+            call.abort()  # the guarded path takes them again with the rest
+        return local
 
     def _decide(self, items, mode: str) -> list[Decision]:
         client = self.client
@@ -471,6 +484,10 @@ class Limiter:
     ) -> list[Decision]:
         if not items:
             return []
+        if mode == "hit" and _all_leased(items):
+            local = self._from_leases(items)
+            if local is not None:
+                return local
         return await fallback.aguard(
             lambda: self._adecide(items, mode), items, mode, fail_mode, self.breaker
         )
@@ -652,6 +669,10 @@ def _kind(mode: str, rules: int) -> str:
 
 def _reply_fields(mode: str) -> int:
     return LEASE_REPLY_FIELDS if mode == "lease" else REPLY_FIELDS
+
+
+def _all_leased(items: Sequence[tuple[RuleSpec, Identity]]) -> bool:
+    return all([spec.lease for spec, _ in items])
 
 
 def _leased(items: Sequence[tuple[RuleSpec, Identity]]) -> bool:
