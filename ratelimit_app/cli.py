@@ -168,7 +168,7 @@ def status_lines(row: Row) -> list[tuple[str, str]]:
     spec = row.policy.spec
     lines = [
         ("policy", f"{spec.name} ({spec.source}, {spec.mode})"),
-        ("rate", f"{row.rate} ({spec.algorithm})"),
+        ("rate", f"{row.rate} ({row.algorithm})"),
         ("key", spec.key),
         ("client", row.client),
     ]

@@ -562,6 +562,13 @@ def test_explain_shows_the_table_then_fails_when_redis_is_down(
 # -- status and reset --------------------------------------------------------------
 
 
+def test_status_says_when_a_policy_is_leased():
+    make_policy("leased-login", rate="50/m", algorithm="fixed_window", lease=True)
+    out, _ = run("ratelimit_status", "leased-login", CLIENT_IP)
+    fields = dict(line.split(None, 1) for line in out.splitlines())
+    assert fields["rate"] == "50/m (fixed_window, leased)"
+
+
 def test_status_shows_one_clients_live_state():
     make_policy("login", rate="5/m")
     limiter.hit("login", CLIENT_IP, "5/m", cost=5)
