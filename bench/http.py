@@ -98,7 +98,7 @@ LEASED_TARGET = 0.90  # ours with 1 leased policy, as a share of no limiter's re
 STORM_SCRIPT_TARGET = 0.001
 # The commands broken down per request (the decision script, the snapshot
 # refresh and the deny cache's epoch read), beside "all".
-COUNTED = ("evalsha", "eval", "get", "mget")
+COUNTED = ("fcall", "evalsha", "eval", "get", "mget")
 ALL = "all"
 
 LABELS = {
@@ -474,7 +474,7 @@ STORM_HEADER = (
     "|---|---:|---:|---:|---:|---:|---:|---:|"
 )
 CALLS_HEADER = (
-    "| Redis commands per request | EVALSHA | EVAL | GET | MGET | all |\n"
+    "| Redis commands per request | FCALL | EVALSHA | EVAL | GET | MGET | all |\n"
     "|---|---:|---:|---:|---:|---:|"
 )
 # The rows of the commands table: one policy plain and leased, and the storm.
@@ -530,25 +530,30 @@ def tables(results: Sequence[Result]) -> list[str]:
     ]
 
 
+def script_calls(result: Result) -> float:
+    """Decision scripts per request: FCALL (Redis 7), EVALSHA or EVAL."""
+    return sum(result.calls[name] for name in ("fcall", "evalsha", "eval"))
+
+
 def summary(results: Sequence[Result]) -> list[str]:
     by_name = {result.contender: result for result in results}
     ours, leased = by_name[OURS_3], by_name[OURS_LEASED]
     cached, uncached = by_name[STORM_CACHED], by_name[STORM_UNCACHED]
-    scripts = cached.calls["evalsha"] + cached.calls["eval"]
+    scripts = script_calls(cached)
     return [
         f"- ratelimit_app, 3 matching policies: {ours.vs_floor:.2f} of the floor "
         f"(target {TARGET:.2f} {met(ours.vs_floor >= TARGET)}), "
         f"{ours.vs_none:.2f} of no limiter",
         f"- ratelimit_app, 1 leased policy: {leased.vs_none:.2f} of no limiter "
         f"(target {LEASED_TARGET:.2f} {met(leased.vs_none >= LEASED_TARGET)}), "
-        f"{leased.vs_floor:.2f} of the floor; {leased.calls['evalsha']:.4f} "
-        f"EVALSHA per request",
+        f"{leased.vs_floor:.2f} of the floor; {script_calls(leased):.4f} "
+        f"decision scripts per request",
         f"- deny storm, deny cache on: {scripts:.4f} decision scripts per request "
         f"(target <= {STORM_SCRIPT_TARGET} {met(scripts <= STORM_SCRIPT_TARGET)}), "
         f"{cached.calls[ALL]:.4f} Redis commands per request in all (about "
         f"{cached.calls[ALL] * cached.per_second:.0f}/s: each worker's snapshot "
         f"refresh and usage flush, once a second); deny cache off: "
-        f"{uncached.calls['evalsha']:.2f} EVALSHA and {uncached.calls[ALL]:.2f} "
+        f"{script_calls(uncached):.2f} decision scripts and {uncached.calls[ALL]:.2f} "
         f"commands per request; req/s on/off {cached.per_second:,.0f}/"
         f"{uncached.per_second:,.0f}",
         f"- peers, of the floor: django-ratelimit "

@@ -9,7 +9,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache, lru_cache
 
 from redis.exceptions import RedisError
@@ -58,20 +58,29 @@ class RuleSpec:
 @dataclass(slots=True)
 class Prepared:
     """One call's script, KEYS and ARGV; a kept one (``keep``) also keeps its
-    EVALSHA command as the sync client encodes it, from the first send on."""
+    command (FCALL or EVALSHA) as the sync client encodes it, from the first
+    send on."""
 
     script: Script
     keys: list
     args: list
     keep: bool = False
-    command: bytes | None = None
+    commands: dict = field(default_factory=dict)  # verb -> encoded command
 
-    def encoded(self, client) -> bytes | None:
-        """The command to send again, or None: let the client encode it."""
-        if self.command is None and self.keep:
-            self.command = encode(client, self.script.sha, self.keys, self.args)
-            self.keep = self.command is not None  # None: the client routes itself
-        return self.command
+    def encoded(self, client, verb: str) -> bytes | None:
+        """The ``verb`` ("FCALL" or "EVALSHA") command to send again, or None:
+        let the client encode it."""
+        if not self.keep:
+            return None
+        found = self.commands.get(verb)
+        if found is None:
+            target = self.script.function if verb == "FCALL" else self.script.sha
+            found = encode(client, verb, target, self.keys, self.args)
+            if found is None:  # the client routes itself
+                self.keep = False
+            else:
+                self.commands[verb] = found
+        return found
 
 
 # Calls a limiter keeps prepared (a call repeats: the same rules for the same
@@ -331,7 +340,7 @@ class Limiter:
         fields = _reply_fields(mode)
         script, keys, args = call.script, call.keys, call.args
         if self.deny is None or mode == "peek":
-            reply = run_script(client, script, keys, args, call.encoded(client))
+            reply = run_script(client, script, keys, args, call)
             return to_decisions(items, reply, fields), reply
         started = deny_cache.now_ms()
         local = self.deny.lookup(items, keys, started)
@@ -341,7 +350,7 @@ class Limiter:
         if local is not None:
             self.deny.count(self, items, keys, local)
             return local, None
-        reply = run_script(client, script, keys, args, call.encoded(client))
+        reply = run_script(client, script, keys, args, call)
         decisions = to_decisions(items, reply, fields)
         if self.deny.known(self.epoch_key):
             self.deny.remember(items, keys, decisions, started, self.epoch_key)
@@ -447,10 +456,7 @@ class Limiter:
     ) -> Decision:
         """Whether a request of cost 1 would pass now; consumes nothing."""
         spec, call = self._one(scope, identity, rate, algorithm, 1, burst, "peek")
-        client = self.client
-        reply = run_script(
-            client, call.script, call.keys, call.args, call.encoded(client)
-        )
+        reply = run_script(self.client, call.script, call.keys, call.args, call)
         return to_decision(reply, 0, spec.capacity, scope, False)
 
     def reset(self, scope: str, identity: Identity) -> None:

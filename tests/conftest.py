@@ -115,3 +115,12 @@ def calls(monkeypatch):
         limiter_module, "arun_script", acounted(limiter_module.arun_script)
     )
     return sent
+
+
+def forget_scripts(client) -> None:
+    """What a restart without persistence does to the engine's code: the
+    scripts flushed and its function libraries deleted."""
+    client.script_flush()
+    for library in client.function_list(library="ratelimit_*"):
+        # A flat [field, value, ...] list per library.
+        client.function_delete(library[library.index(b"library_name") + 1])

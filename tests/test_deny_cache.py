@@ -35,6 +35,14 @@ def deny_cache_on(settings):
     cache.clear()
 
 
+def script_calls(client) -> int:
+    """The decision scripts a Redis server ran (FCALL or EVALSHA)."""
+    stats = client.info("commandstats")
+    return sum(
+        stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("fcall", "evalsha")
+    )
+
+
 def hits(n, scope="s", identity="client", rate="1/m", **kwargs):
     engine = limiter.default_limiter()
     return [engine.hit(scope, identity, rate, **kwargs) for _ in range(n)]
@@ -49,9 +57,10 @@ def test_a_denied_client_is_answered_locally_not_by_redis(settings):
         engine = Limiter(client=client, prefix="dc:", secret=b"s" * 16)
         first = [engine.hit("s", "client", "1/m") for _ in range(3)]
         assert [d.allowed for d in first] == [True, False, False]
-        evalsha = client.info("commandstats")["cmdstat_evalsha"]["calls"]
+        ran = script_calls(client)
+        assert ran >= 3
         local = [engine.hit("s", "client", "1/m") for _ in range(50)]
-        assert client.info("commandstats")["cmdstat_evalsha"]["calls"] == evalsha
+        assert script_calls(client) == ran
         server.stop()  # a real Redis, gone: the cache still answers
         gone = engine.hit("s", "client", "1/m")
     finally:

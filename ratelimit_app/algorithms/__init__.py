@@ -18,8 +18,25 @@ LEASE_REPLY_FIELDS = 7
 
 @dataclass(frozen=True)
 class Script:
+    """A script (``source``, run by EVALSHA ``sha``) and the same code as a
+    Redis 7 function ``function`` of the library ``library``: a function's
+    definitions run once, at FUNCTION LOAD, not on every call."""
+
     source: str
     sha: str
+    library: str = ""
+    function: str = ""
+
+
+def as_library(head: str, body: str, sha: str) -> tuple[str, str]:
+    """(library, function name): ``head`` (the definitions) at load time,
+    ``body`` (the driver, which reads KEYS and ARGV) as the function."""
+    name = f"ratelimit_{sha}"
+    library = (
+        f"#!lua name={name}\n{head}\n"
+        f"redis.register_function('{name}', function(KEYS, ARGV)\n{body}\nend)\n"
+    )
+    return library, name
 
 
 def read_part(name: str) -> str:
@@ -50,8 +67,11 @@ def script_for(algorithms: frozenset[str], kind: str = "driver") -> Script:
     used = [a for a in ALGORITHMS if a in algorithms]
     leases = [f"{a}_lease" for a in used if leasing and a in LEASE_ALGORITHMS]
     parts = ("prelude", *used, *leases, *tail)
-    source = "\n".join(read_part(name) for name in parts)
-    return Script(source, hashlib.sha1(source.encode()).hexdigest())
+    head = "\n".join(read_part(name) for name in parts[:-1])
+    body = read_part(parts[-1])
+    source = head + "\n" + body
+    sha = hashlib.sha1(source.encode()).hexdigest()
+    return Script(source, sha, *as_library(head, body, sha))
 
 
 def full_script() -> Script:

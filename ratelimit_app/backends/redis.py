@@ -12,7 +12,12 @@ from urllib.parse import urlparse
 import redis
 import redis.asyncio
 from django.core.exceptions import ImproperlyConfigured
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import (
+    NoPermissionError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+)
 
 from .. import conf, metrics
 from ..algorithms import Script
@@ -99,45 +104,124 @@ conf.on_change(reset_clients)
 SCRIPT_OPERATION = "decide"
 
 
-def _log_reload() -> None:
+def _log_reload(what: str) -> None:
     logger.info(
-        "ratelimit: Redis did not know the decision script (NOSCRIPT: a restart "
-        "or SCRIPT FLUSH); loaded it again"
+        "ratelimit: Redis did not know the decision %s (NOSCRIPT or no such "
+        "function: a restart, SCRIPT FLUSH or FUNCTION FLUSH); loaded it again",
+        what,
     )
 
 
-def run_script(
-    client: redis.Redis, script: Script, keys: list, args: list, command=None
-) -> list:
-    """EVALSHA a script; load it once after NOSCRIPT (flush or restart).
+# Connection pools whose server cannot run our functions (Redis < 7, or an ACL
+# without FCALL/FUNCTION): they EVALSHA. Cluster clients always EVALSHA.
+_without_functions: weakref.WeakSet = weakref.WeakSet()
+# What a refused FCALL or FUNCTION LOAD says, lowercased, when the server
+# cannot run functions at all (as opposed to not knowing ours yet); an ACL
+# refusal arrives as NoPermissionError.
+_UNSUPPORTED = ("unknown command", "noperm")
 
-    ``command``: the call already encoded (``direct.encode``), if kept.
-    Redis errors are counted (metrics) and propagate. The client never retries
-    a command (``client_options``), so one call runs the script at most once.
+
+def uses_functions(client) -> bool:
+    """Whether decisions on this client FCALL (else EVALSHA)."""
+    pool = direct.pool_of(client)
+    return pool is not None and pool not in _without_functions
+
+
+def _cannot_run_functions(client, exc: ResponseError) -> bool:
+    """Remember (and log once) a server that cannot run functions."""
+    refused = isinstance(exc, NoPermissionError)
+    if not refused and not any(r in str(exc).lower() for r in _UNSUPPORTED):
+        return False
+    pool = direct.pool_of(client)
+    if pool is not None and pool not in _without_functions:
+        _without_functions.add(pool)
+        logger.info("ratelimit: Redis refused functions (%s); using EVALSHA", exc)
+    return True
+
+
+def _missing_function(exc: ResponseError) -> bool:
+    return "function not found" in str(exc).lower()
+
+
+def run_script(
+    client: redis.Redis, script: Script, keys: list, args: list, prepared=None
+) -> list:
+    """Run a script: FCALL its function (loaded once per server), or EVALSHA
+    it where functions cannot run; after a restart or a flush, load it once.
+
+    ``prepared`` (``limiter.Prepared``) keeps the encoded commands. Redis
+    errors are counted (metrics) and propagate. The client never retries a
+    command (``client_options``), so one call runs the script at most once: a
+    refused FCALL ran nothing before its EVALSHA.
     """
     try:
-        try:
-            return direct.evalsha(client, script.sha, keys, args, command)
-        except NoScriptError:
-            _log_reload()
-            client.script_load(script.source)
-            return direct.evalsha(client, script.sha, keys, args, command)
+        if script.function and uses_functions(client):
+            try:
+                return _fcall(client, script, keys, args, prepared)
+            except ResponseError as exc:
+                if not _cannot_run_functions(client, exc):
+                    raise
+        return _evalsha(client, script, keys, args, prepared)
     except RedisError as exc:
         metrics.record_redis_error(SCRIPT_OPERATION, exc)
         raise
+
+
+def _fcall(client, script: Script, keys, args, prepared):
+    command = prepared.encoded(client, "FCALL") if prepared else None
+    try:
+        return direct.call(client, "FCALL", script.function, keys, args, command)
+    except ResponseError as exc:
+        if not _missing_function(exc):
+            raise
+    _log_reload("function")
+    client.function_load(script.library, replace=True)
+    return direct.call(client, "FCALL", script.function, keys, args, command)
+
+
+def _evalsha(client, script: Script, keys, args, prepared):
+    command = prepared.encoded(client, "EVALSHA") if prepared else None
+    try:
+        return direct.call(client, "EVALSHA", script.sha, keys, args, command)
+    except NoScriptError:
+        _log_reload("script")
+        client.script_load(script.source)
+        return direct.call(client, "EVALSHA", script.sha, keys, args, command)
 
 
 async def arun_script(
-    client: redis.asyncio.Redis, script: Script, keys: list, args: list, command=None
+    client: redis.asyncio.Redis, script: Script, keys: list, args: list, prepared=None
 ) -> list:
-    """The asyncio twin of ``run_script``."""
+    """The asyncio twin of ``run_script`` (``prepared`` holds the sync
+    client's encodings: not sent here)."""
     try:
-        try:
-            return await direct.aevalsha(client, script.sha, keys, args, command)
-        except NoScriptError:
-            _log_reload()
-            await client.script_load(script.source)
-            return await direct.aevalsha(client, script.sha, keys, args, command)
+        if script.function and uses_functions(client):
+            try:
+                return await _afcall(client, script, keys, args)
+            except ResponseError as exc:
+                if not _cannot_run_functions(client, exc):
+                    raise
+        return await _aevalsha(client, script, keys, args)
     except RedisError as exc:
         metrics.record_redis_error(SCRIPT_OPERATION, exc)
         raise
+
+
+async def _afcall(client, script: Script, keys, args):
+    try:
+        return await direct.acall(client, "FCALL", script.function, keys, args)
+    except ResponseError as exc:
+        if not _missing_function(exc):
+            raise
+    _log_reload("function")
+    await client.function_load(script.library, replace=True)
+    return await direct.acall(client, "FCALL", script.function, keys, args)
+
+
+async def _aevalsha(client, script: Script, keys, args):
+    try:
+        return await direct.acall(client, "EVALSHA", script.sha, keys, args)
+    except NoScriptError:
+        _log_reload("script")
+        await client.script_load(script.source)
+        return await direct.acall(client, "EVALSHA", script.sha, keys, args)
