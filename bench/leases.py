@@ -213,7 +213,8 @@ def max_excess(times: Sequence[float], capacity: int, per_second: float) -> floa
 def _script_calls(client: redis.Redis) -> int:
     stats = client.info("commandstats")
     return sum(
-        stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval")
+        stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+        for name in ("fcall", "evalsha", "eval")
     )
 
 
