@@ -124,3 +124,20 @@ def forget_scripts(client) -> None:
     for library in client.function_list(library="ratelimit_*"):
         # A flat [field, value, ...] list per library.
         client.function_delete(library[library.index(b"library_name") + 1])
+
+
+@pytest.fixture
+def deny_cache_on(settings):
+    """The local deny cache on, its epoch key read (as the snapshot refresh of
+    a served process does: denials are kept only once it was read, see
+    test_the_epoch_is_read_...); local usage flushed before the keys go."""
+    from ratelimit_app import limiter, local_usage
+    from ratelimit_app.deny_cache import cache, now_ms
+
+    settings.RATELIMIT = {**settings.RATELIMIT, "DENY_CACHE": True}
+    cache.clear()
+    engine = limiter.default_limiter()
+    cache.observe(engine.epoch_key, engine.client.get(engine.epoch_key), now_ms())
+    yield
+    local_usage.buffer.flush()  # before the prefix's keys are deleted
+    cache.clear()

@@ -13,7 +13,7 @@ import redis
 from django.conf import settings
 
 from ratelimit_app import aggregation, conf, limiter, local_usage, usage
-from ratelimit_app.deny_cache import cache, now_ms
+from ratelimit_app.deny_cache import cache
 from ratelimit_app.limiter import Limiter
 from ratelimit_app.models import Policy, UsageMinute
 from ratelimit_app.testing import RedisServer, reset_counters
@@ -22,17 +22,8 @@ from ratelimit_app.types import Rule
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def deny_cache_on(settings):
-    settings.RATELIMIT = {**settings.RATELIMIT, "DENY_CACHE": True}
-    cache.clear()
-    # Read the epoch key, as the snapshot refresh of a served process does:
-    # denials are kept only once it was read (see test_the_epoch_is_read_...).
-    engine = limiter.default_limiter()
-    cache.observe(engine.epoch_key, engine.client.get(engine.epoch_key), now_ms())
-    yield
-    local_usage.buffer.flush()  # before the prefix's keys are deleted
-    cache.clear()
+# The local deny cache on, its epoch key read (conftest).
+pytestmark = pytest.mark.usefixtures("deny_cache_on")
 
 
 def script_calls(client) -> int:

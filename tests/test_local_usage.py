@@ -8,23 +8,14 @@ import time
 import pytest
 
 from ratelimit_app import limiter, local_usage, usage
-from ratelimit_app.deny_cache import cache, now_ms
 from ratelimit_app.types import Rule
 
 SCOPE, IDENTITY, RATE = "storm", "client", "1/h"
 MINUTE_MS = 60_000
 
 
-@pytest.fixture(autouse=True)
-def deny_cache_on(settings):
-    """As in tests/test_deny_cache.py: the cache on, its epoch key read."""
-    settings.RATELIMIT = {**settings.RATELIMIT, "DENY_CACHE": True}
-    cache.clear()
-    engine = limiter.default_limiter()
-    cache.observe(engine.epoch_key, engine.client.get(engine.epoch_key), now_ms())
-    yield
-    local_usage.buffer.flush()  # before the prefix's keys are deleted
-    cache.clear()
+# The local deny cache on, its epoch key read (conftest).
+pytestmark = pytest.mark.usefixtures("deny_cache_on")
 
 
 def hit(identity: str = IDENTITY):
