@@ -141,3 +141,12 @@ def deny_cache_on(settings):
     yield
     local_usage.buffer.flush()  # before the prefix's keys are deleted
     cache.clear()
+
+
+def script_calls(client) -> dict[str, int]:
+    """Decision scripts a Redis server ran, per command (FCALL on Redis 7,
+    EVALSHA where functions cannot run), from INFO commandstats."""
+    stats = client.info("commandstats")
+    return {
+        c: stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("fcall", "evalsha")
+    }

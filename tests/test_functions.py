@@ -10,13 +10,7 @@ import redis
 from ratelimit_app.backends.redis import uses_functions
 from ratelimit_app.limiter import Limiter
 from ratelimit_app.testing import RedisServer, embedded_redis_binary
-
-
-def script_calls(client) -> dict[str, int]:
-    stats = client.info("commandstats")
-    return {
-        c: stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("fcall", "evalsha")
-    }
+from tests.conftest import script_calls
 
 
 def libraries(client) -> list[bytes]:
