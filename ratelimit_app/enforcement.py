@@ -39,7 +39,11 @@ class Outcome:
 
     @property
     def blocked(self) -> bool:
-        return any(d.blocking for d in self.decisions)
+        # A loop, not any(genexpr): asked twice per request (metrics, middleware).
+        for d in self.decisions:  # noqa: SIM110
+            if not d.allowed and not d.shadow:
+                return True
+        return False
 
     @property
     def blocking(self) -> list[tuple[CompiledPolicy, Decision]]:

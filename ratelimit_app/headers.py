@@ -18,6 +18,7 @@ import math
 from functools import lru_cache
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.response import ResponseHeaders
 from django.template.loader import render_to_string
 from django.utils.module_loading import import_string
 
@@ -89,10 +90,39 @@ def ratelimit_headers(outcome: Outcome) -> dict[str, str]:
 
 
 def apply_headers(response: HttpResponse, outcome: Outcome | None) -> HttpResponse:
+    """Add the headers the response does not set itself."""
     if outcome is not None:
-        for name, value in ratelimit_headers(outcome).items():
-            response.headers.setdefault(name, value)
+        found = ratelimit_headers(outcome)
+        if found:
+            add_missing(response.headers, found)
     return response
+
+
+def add_missing(headers, values: dict[str, str]) -> None:
+    """``headers.setdefault`` for each value, straight into the store of
+    Django's ``ResponseHeaders`` (``{lowercased name: (name, value)}``): its
+    per-header charset and newline checks cost more than the rest of a leased
+    request, and these values are printable ASCII by construction
+    (``sf_string`` and integers). Any other headers object: its own API."""
+    store = getattr(headers, "_store", None)
+    if type(headers) is not ResponseHeaders or type(store) is not dict:
+        for name, value in values.items():
+            headers.setdefault(name, value)
+        return
+    for name, value in values.items():
+        store.setdefault(LOWERCASE.get(name) or name.lower(), (name, value))
+
+
+LOWERCASE = {
+    name: name.lower()
+    for name in (
+        "RateLimit-Policy",
+        "RateLimit",
+        "X-RateLimit-Limit",
+        "X-RateLimit-Remaining",
+        "X-RateLimit-Reset",
+    )
+}
 
 
 def wants_json(request: HttpRequest) -> bool:

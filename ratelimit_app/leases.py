@@ -118,6 +118,22 @@ class LeaseTable:
                     taken[index] = lease
         return taken
 
+    def take_all(self, items, keys, now: float) -> list[Lease] | None:
+        """Every rule's cost from its live lease, or nothing taken (None).
+        ``take`` for a call whose rules are all leased, in one pass."""
+        leases, found = self._leases, []
+        with self._lock:
+            for (spec, _), key in zip(items, keys, strict=True):
+                lease = leases.get((key, spec.argv))
+                if lease is None or lease.units < spec.argv[4] or now >= lease.deadline:
+                    return None
+                found.append(lease)
+            for (spec, _), lease in zip(items, found, strict=True):
+                cost = spec.argv[4]
+                lease.units -= cost
+                lease.used += cost
+        return found
+
     def untake(self, items, taken: dict[int, Lease]) -> None:
         """Put back what ``take`` took (the call was blocked or failed)."""
         with self._lock:
@@ -300,26 +316,43 @@ class LeasedCall:
         ]
 
     def _from_lease(self, index: int) -> Decision:
-        spec, lease = self.items[index][0], self.taken[index]
-        return Decision(
-            True,
-            spec.capacity,
-            lease.remaining + lease.units,
-            math.ceil(max(lease.reset_at - self.started, 0)) / 1000,
-            0.0,
-            spec.scope,
-            "ok",
-            False,
-        )
+        return lease_decision(self.items[index][0], self.taken[index], self.started)
 
     def _count_taken(self) -> None:
-        counts = []
-        for index, lease in self.taken.items():
-            cost = self.items[index][0].argv[4]
-            for row in lease.counts:
-                counts.append((row, cost if row.metric == "c" else 1))
-        if counts:
-            buffer.count_many(counts, self.started)
+        count_admissions(
+            [(self.items[i][0], lease) for i, lease in self.taken.items()],
+            self.started,
+        )
+
+
+def admit_all(table: LeaseTable, items, keys) -> list[Decision] | None:
+    """A call whose rules are all leased, admitted from this process's leases
+    alone (counted for the stats), or None with nothing taken."""
+    now = now_ms()
+    taken = table.take_all(items, keys, now)
+    if taken is None:
+        return None
+    pairs = [(spec, lease) for (spec, _), lease in zip(items, taken, strict=True)]
+    count_admissions(pairs, now)
+    return [lease_decision(spec, lease, now) for spec, lease in pairs]
+
+
+def lease_decision(spec, lease: Lease, now: float) -> Decision:
+    """The decision of a rule admitted from ``lease`` at ``now``."""
+    reset_after = math.ceil(max(lease.reset_at - now, 0)) / 1000
+    remaining = lease.remaining + lease.units
+    return Decision(True, spec.capacity, remaining, reset_after, 0.0, spec.scope)
+
+
+def count_admissions(pairs, now: float) -> None:
+    """Count each (spec, lease) admission into the lease's usage rows."""
+    counts = []
+    for spec, lease in pairs:
+        cost = spec.argv[4]
+        for row in lease.counts:
+            counts.append((row, cost if row.metric == "c" else 1))
+    if counts:
+        buffer.count_many(counts, now)
 
 
 def _admission_rows(limiter, key: str, item) -> tuple:

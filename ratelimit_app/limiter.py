@@ -315,11 +315,7 @@ class Limiter:
     def _from_leases(self, items) -> list[Decision] | None:
         """Every rule admitted from this process's leases, or None (nothing
         taken): the common leased call needs neither Redis nor the guard."""
-        call = leases.LeasedCall(self.leases, self, items, self.state_keys(items))
-        local = call.local()
-        if local is None:
-            call.abort()  # the guarded path takes them again with the rest
-        return local
+        return leases.admit_all(self.leases, items, self.state_keys(items))
 
     def _decide(self, items, mode: str) -> list[Decision]:
         client = self.client

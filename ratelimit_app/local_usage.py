@@ -126,14 +126,14 @@ class UsageBuffer:
             self._tasks.append(task)
 
     def start(self) -> None:
-        """Start this process's flusher thread, once per process."""
-        pid = os.getpid()
-        if self._flusher_pid == pid:
+        """Start this process's flusher thread, once per process (a forked
+        child's ``after_fork_in_child`` forgets the parent's)."""
+        if self._flusher_pid is not None:  # no syscall: this runs per count
             return
         with self._lock:
-            if self._flusher_pid == pid:
+            if self._flusher_pid is not None:
                 return
-            self._flusher_pid = pid
+            self._flusher_pid = os.getpid()
         threading.Thread(target=self._flush_forever, daemon=True).start()
 
     def _flush_forever(self) -> None:

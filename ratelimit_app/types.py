@@ -138,7 +138,7 @@ def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Decision:
     """The outcome of one rule.
 
@@ -158,7 +158,55 @@ class Decision:
     reason: str = "ok"
     shadow: bool = False
 
+    # Written by hand: a frozen dataclass's own __init__ goes through
+    # object.__setattr__ per field, twice the cost, and one or more Decisions
+    # are made for every limited request.
+    def __init__(
+        self,
+        allowed: bool,
+        limit: int,
+        remaining: int,
+        reset_after: float,
+        retry_after: float | None,
+        scope: str,
+        reason: str = "ok",
+        shadow: bool = False,
+    ) -> None:
+        _set_allowed(self, allowed)
+        _set_limit(self, limit)
+        _set_remaining(self, remaining)
+        _set_reset_after(self, reset_after)
+        _set_retry_after(self, retry_after)
+        _set_scope(self, scope)
+        _set_reason(self, reason)
+        _set_shadow(self, shadow)
+
     @property
     def blocking(self) -> bool:
         """True when this decision denies the request (shadow never blocks)."""
         return not self.allowed and not self.shadow
+
+
+# The slots' own setters, which a frozen class's __setattr__ does not guard.
+(
+    _set_allowed,
+    _set_limit,
+    _set_remaining,
+    _set_reset_after,
+    _set_retry_after,
+    _set_scope,
+    _set_reason,
+    _set_shadow,
+) = (
+    Decision.__dict__[name].__set__
+    for name in (
+        "allowed",
+        "limit",
+        "remaining",
+        "reset_after",
+        "retry_after",
+        "scope",
+        "reason",
+        "shadow",
+    )
+)
