@@ -283,6 +283,10 @@ def build_rules(
 
 def check(request, policies, cost=None, *, consume: bool = True) -> Outcome:
     """Evaluate every policy in one engine call (all-or-nothing)."""
+    if consume and cost is None:
+        outcome = from_leases(request, policies)
+        if outcome is not None:
+            return outcome
     applied, items = build_rules(request, policies, cost)
     if not items:
         return Outcome()
@@ -294,6 +298,10 @@ def check(request, policies, cost=None, *, consume: bool = True) -> Outcome:
 
 async def acheck(request, policies, cost=None, *, consume: bool = True) -> Outcome:
     """The async twin; only reading request.user hops to a thread."""
+    if consume and cost is None and not needs_user(policies):
+        outcome = from_leases(request, policies)
+        if outcome is not None:
+            return outcome
     if needs_user(policies) or callable(cost):
         applied, items = await sync_to_async(build_rules)(request, policies, cost)
     else:
@@ -306,6 +314,24 @@ async def acheck(request, policies, cost=None, *, consume: bool = True) -> Outco
         items, mode, fail_mode=fail_modes
     )
     return report(request, Outcome(applied, decisions, [spec for spec, _ in items]))
+
+
+def from_leases(request, policies) -> Outcome | None:
+    """The outcome of a request whose policies all lease, with no exemptions
+    or tiers, admitted from this process's live leases: no rules to build,
+    no Redis, nothing to report (every policy allowed). None, with nothing
+    taken, otherwise: ``check`` decides it the usual way."""
+    for policy in policies:
+        if not policy.plain_lease:
+            return None
+    items = [(p.rule_spec(NO_GROUPS), p.identify(request)) for p in policies]
+    decisions = limiter.default_limiter().from_leases(items)
+    if decisions is None:
+        return None
+    return Outcome(list(policies), decisions, [spec for spec, _ in items])
+
+
+NO_GROUPS: frozenset[str] = frozenset()
 
 
 def report(request: HttpRequest, outcome: Outcome) -> Outcome:

@@ -63,30 +63,56 @@ def whole_seconds(seconds: float) -> int:
 
 def ratelimit_headers(outcome: Outcome) -> dict[str, str]:
     """Headers for every enforcing policy that matched (shadow ones are silent)."""
-    # One plain loop: this runs on every limited response.
+    # Plain loops and a cache by rule: this runs on every limited response.
     items, states, shown = [], [], []
     for p, d, rule in zip(
         outcome.policies, outcome.decisions, outcome.specs, strict=True
     ):
         if d.shadow:
             continue
-        rate = rule.rate
-        items.append(
-            _policy_item(p.name, p.spec.algorithm, rate.limit, rate.period_ms, d.limit)
-        )
-        states.append(
-            f"{sf_string(p.name)};r={d.remaining};t={whole_seconds(d.reset_after)}"
-        )
+        item, label = _labels_of(p.spec, rule, d.limit)
+        items.append(item)
+        states.append(f"{label};r={d.remaining};t={whole_seconds(d.reset_after)}")
         shown.append(d)
     if not shown:
         return {}
-    headers = {"RateLimit-Policy": ", ".join(items), "RateLimit": ", ".join(states)}
+    if len(shown) == 1:
+        headers = {"RateLimit-Policy": items[0], "RateLimit": states[0]}
+    else:
+        headers = {"RateLimit-Policy": ", ".join(items), "RateLimit": ", ".join(states)}
     if conf.get("LEGACY_HEADERS"):
         decision = min(shown, key=lambda d: d.remaining)
         headers["X-RateLimit-Limit"] = str(decision.limit)
         headers["X-RateLimit-Remaining"] = str(decision.remaining)
         headers["X-RateLimit-Reset"] = str(whole_seconds(decision.reset_after))
     return headers
+
+
+# id(rule) -> (rule, policy spec, capacity, RateLimit-Policy item, quoted name):
+# a rule (a tier's or a cost's) is hashed by value in Python code, slower
+# than building the item; the entry keeps its rule alive, so its id is not
+# reused while cached.
+_labels: dict[int, tuple] = {}
+MAX_LABELS = 4096
+
+
+def _labels_of(spec, rule, capacity: int) -> tuple[str, str]:
+    """(RateLimit-Policy item, quoted name) of one policy's rule."""
+    found = _labels.get(id(rule))
+    if (
+        found is not None
+        and found[0] is rule
+        and found[1] is spec
+        and found[2] == capacity
+    ):
+        return found[3], found[4]
+    rate = rule.rate
+    item = _policy_item(spec.name, spec.algorithm, rate.limit, rate.period_ms, capacity)
+    label = sf_string(spec.name)
+    if len(_labels) >= MAX_LABELS:
+        _labels.clear()
+    _labels[id(rule)] = (rule, spec, capacity, item, label)
+    return item, label
 
 
 def apply_headers(response: HttpResponse, outcome: Outcome | None) -> HttpResponse:

@@ -57,7 +57,7 @@ from . import conf
 from .algorithms import LEASE_REPLY_FIELDS, script_for
 from .backends.redis import run_script
 from .deny_cache import not_consumed
-from .local_usage import buffer, now_ms, row_of
+from .local_usage import BUCKET_MS, buffer, now_ms, row_of
 from .types import Decision
 
 logger = logging.getLogger("ratelimit_app")
@@ -85,6 +85,11 @@ class Lease:
     wanted: int = 0  # units asked for at the last grant
     limiter: object = None  # whose Redis the units go back to
     counts: tuple = ()  # local_usage rows of an admission: "u", or "a" and "c"
+    # Admissions of ``take_all`` not yet in the usage buffer, all in one
+    # 100 ms bucket: counted here under the table's lock, not per request.
+    pending: int = 0
+    pending_cost: int = 0
+    bucket: int = -1
 
 
 class LeaseTable:
@@ -94,6 +99,7 @@ class LeaseTable:
         self._lock = threading.Lock()
         self._leases: OrderedDict[tuple, Lease] = OrderedDict()
         self._returns: list[tuple] = []  # (lease, key, argv, units)
+        self._unfolded: list[tuple] = []  # usage of leases that left the table
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -119,9 +125,11 @@ class LeaseTable:
         return taken
 
     def take_all(self, items, keys, now: float) -> list[Lease] | None:
-        """Every rule's cost from its live lease, or nothing taken (None).
-        ``take`` for a call whose rules are all leased, in one pass."""
-        leases, found = self._leases, []
+        """Every rule's cost from its live lease, admitted and counted for the
+        stats, or nothing taken (None). ``take`` for a call whose rules are
+        all leased, which needs no Redis answer before it counts."""
+        leases, found, late = self._leases, [], []
+        bucket = int(now // BUCKET_MS)
         with self._lock:
             for (spec, _), key in zip(items, keys, strict=True):
                 lease = leases.get((key, spec.argv))
@@ -132,7 +140,23 @@ class LeaseTable:
                 cost = spec.argv[4]
                 lease.units -= cost
                 lease.used += cost
+                if lease.bucket != bucket:
+                    late += _folded(lease)
+                    lease.bucket = bucket
+                lease.pending += 1
+                lease.pending_cost += cost
+        if late:
+            buffer.count_at(late)
         return found
+
+    def fold(self) -> list[tuple]:
+        """The usage counts ``take_all`` holds, as (row, bucket, n) for the
+        usage buffer (it asks before each write)."""
+        with self._lock:
+            late, self._unfolded = self._unfolded, []
+            for lease in self._leases.values():
+                late += _folded(lease)
+        return late
 
     def untake(self, items, taken: dict[int, Lease]) -> None:
         """Put back what ``take`` took (the call was blocked or failed)."""
@@ -178,6 +202,8 @@ class LeaseTable:
                 granted, mark, horizon = reply[offset + 4 : offset + 7]
                 key = (keys[index], spec.argv)
                 old = self._leases.pop(key, None)
+                if old is not None:
+                    self._unfolded += _folded(old)
                 if old is not None and old.units:
                     self._returns.append((old, *key, old.units))
                 life = horizon_cap if horizon < 0 else min(horizon_cap, horizon)
@@ -196,6 +222,7 @@ class LeaseTable:
                 )
             while len(self._leases) > cap:
                 key, lease = self._leases.popitem(last=False)
+                self._unfolded += _folded(lease)
                 if lease.units:
                     self._returns.append((lease, *key, lease.units))
         buffer.start()  # the thread that ends leases and gives units back
@@ -211,6 +238,7 @@ class LeaseTable:
                     self._returns.append((lease, *key, lease.units))
                     lease.units = 0
                 if not lease.units and now - lease.granted_at > IDLE_MS:
+                    self._unfolded += _folded(lease)
                     del self._leases[key]
 
     def give_back(self) -> int:
@@ -255,6 +283,7 @@ class LeaseTable:
         self._lock = threading.Lock()
         self._leases = OrderedDict()
         self._returns = []
+        self._unfolded = []
 
 
 class LeasedCall:
@@ -332,9 +361,10 @@ def admit_all(table: LeaseTable, items, keys) -> list[Decision] | None:
     taken = table.take_all(items, keys, now)
     if taken is None:
         return None
-    pairs = [(spec, lease) for (spec, _), lease in zip(items, taken, strict=True)]
-    count_admissions(pairs, now)
-    return [lease_decision(spec, lease, now) for spec, lease in pairs]
+    return [
+        lease_decision(spec, lease, now)
+        for (spec, _), lease in zip(items, taken, strict=True)
+    ]
 
 
 def lease_decision(spec, lease: Lease, now: float) -> Decision:
@@ -353,6 +383,18 @@ def count_admissions(pairs, now: float) -> None:
             counts.append((row, cost if row.metric == "c" else 1))
     if counts:
         buffer.count_many(counts, now)
+
+
+def _folded(lease: Lease) -> list[tuple]:
+    """The lease's pending admissions as (row, bucket, n), now reset."""
+    if not lease.pending:
+        return []
+    admitted, cost = lease.pending, lease.pending_cost
+    lease.pending = lease.pending_cost = 0
+    return [
+        (row, lease.bucket, cost if row.metric == "c" else admitted)
+        for row in lease.counts
+    ]
 
 
 def _admission_rows(limiter, key: str, item) -> tuple:
@@ -376,6 +418,7 @@ def _with_lease(decision: Decision, reply, index: int, spec) -> Decision:
 
 table = LeaseTable()
 atexit.register(table.end_all)  # runs before local_usage's last flush
+buffer.count_before_writing(table.fold)
 buffer.every_flush(table.expire)
 buffer.every_flush(table.give_back)
 os.register_at_fork(after_in_child=table.clear)

@@ -305,16 +305,17 @@ class Limiter:
         if not items:
             return []
         if mode == "hit" and _all_leased(items):
-            local = self._from_leases(items)
+            local = self.from_leases(items)
             if local is not None:
                 return local
         return fallback.guard(
             lambda: self._decide(items, mode), items, mode, fail_mode, self.breaker
         )
 
-    def _from_leases(self, items) -> list[Decision] | None:
+    def from_leases(self, items) -> list[Decision] | None:
         """Every rule admitted from this process's leases, or None (nothing
-        taken): the common leased call needs neither Redis nor the guard."""
+        taken): the common leased call needs neither Redis nor the guard.
+        Every rule of ``items`` must lease."""
         return leases.admit_all(self.leases, items, self.state_keys(items))
 
     def _decide(self, items, mode: str) -> list[Decision]:
@@ -487,7 +488,7 @@ class Limiter:
         if not items:
             return []
         if mode == "hit" and _all_leased(items):
-            local = self._from_leases(items)
+            local = self.from_leases(items)
             if local is not None:
                 return local
         return await fallback.aguard(

@@ -101,6 +101,7 @@ class UsageBuffer:
         self._counts: Counter = Counter()
         self._dropped = 0
         self._tasks: list[Callable[[], object]] = []
+        self._sources: list[Callable[[], list]] = []
         self._flusher_pid: int | None = None
 
     def add(self, limiter, key: str, scope: str, metric: str, n: int, label: str):
@@ -112,13 +113,23 @@ class UsageBuffer:
         """Add each (``row_of(...)``, n) of ``counts``, under one lock, in the
         bucket of ``now`` (monotonic ms; default: now)."""
         bucket = int((now_ms() if now is None else now) // BUCKET_MS)
+        self.count_at([(row, bucket, n) for row, n in counts])
+
+    def count_at(self, counts) -> None:
+        """Add each (row, 100 ms bucket, n) of ``counts``, under one lock."""
         with self._lock:
             if len(self._counts) >= MAX_ROWS:
-                self._dropped += sum(n for _, n in counts)
+                self._dropped += sum(n for _, _, n in counts)
                 return
-            for row, n in counts:
+            for row, bucket, n in counts:
                 self._counts[(row, bucket)] += n
         self.start()
+
+    def count_before_writing(self, source: Callable[[], list]) -> None:
+        """Ask ``source`` for the counts it holds, as (row, bucket, n), before
+        each write (a lease counts its admissions itself)."""
+        if source not in self._sources:
+            self._sources.append(source)
 
     def every_flush(self, task: Callable[[], object]) -> None:
         """Run ``task`` in the flusher thread after each write (and at exit)."""
@@ -152,6 +163,10 @@ class UsageBuffer:
 
     def flush(self) -> int:
         """Write the buffered counts to Redis; return how many were written."""
+        for source in self._sources:
+            counts = source()
+            if counts:
+                self.count_at(counts)
         with self._lock:
             counts, self._counts = self._counts, Counter()
             dropped, self._dropped = self._dropped, 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
@@ -61,6 +62,7 @@ def counters() -> Counters | None:
 def forget(**kwargs) -> None:
     """Settings changed: look at METRICS and the package again on next use."""
     global _counters
+    fold()  # into the counter of the settings they were made under
     _counters = _UNKNOWN
     _children.clear()
 
@@ -73,6 +75,7 @@ def _build() -> Counters | None:
         import prometheus_client
     except ImportError:
         return None
+    _register_folder(prometheus_client.REGISTRY)
     return Counters(
         _counter(
             prometheus_client,
@@ -93,6 +96,14 @@ def _build() -> Counters | None:
             ("operation", "error"),
         ),
     )
+
+
+def _register_folder(registry) -> None:
+    """The folder on the registry, once per process, ahead of the counters
+    (the registry collects in the order of registration)."""
+    registered = getattr(registry, "_collector_to_names", {})
+    if _folder not in registered:
+        registry.register(_folder)
 
 
 def _counter(prometheus_client, name: str, documentation: str, labels: tuple):
@@ -119,18 +130,78 @@ def result_of(decision: Decision, request_blocked: bool) -> str:
 
 
 def record_decisions(outcome: Outcome) -> None:
-    """Count one result per policy of a request's outcome."""
-    found = counters()
-    if found is None or not outcome.decisions:
+    """Count one result per policy of a request's outcome.
+
+    Into a plain dict under one lock: ``fold`` adds it to the Prometheus
+    counter when the registry is collected (a scrape, ``get_sample_value``)
+    and once a second from the background thread, for the other processes
+    of prometheus_client's multiprocess mode. A counter's own ``inc`` per
+    policy costs more than the rest of a leased request's bookkeeping.
+    """
+    if not outcome.decisions or counters() is None:
         return
     blocked = outcome.blocked
-    for policy, decision in zip(outcome.policies, outcome.decisions, strict=True):
-        result = result_of(decision, blocked)
-        # The cache inline: this runs for every policy of every request.
-        child = _children.get((policy.name, result))
-        if child is None:
-            child = _decisions_child(found, policy.name, result)
-        child.inc()
+    with _pending_lock:
+        for policy, decision in zip(outcome.policies, outcome.decisions, strict=True):
+            if decision.allowed:
+                result = NOT_CONSUMED if blocked else ALLOWED
+            else:
+                result = SHADOW_BLOCKED if decision.shadow else BLOCKED
+            _pending[(policy.name, result)] += 1
+    if not _folding:
+        _start_folding()
+
+
+def fold() -> None:
+    """Add the decisions counted since the last fold to the counter."""
+    global _pending
+    with _pending_lock:
+        pending, _pending = _pending, Counter()
+    found = counters()
+    if found is None:
+        return
+    for (policy, result), count in pending.items():
+        _decisions_child(found, policy, result).inc(count)
+
+
+# (policy, result) -> decisions not yet in the counter (see record_decisions).
+_pending: Counter = Counter()
+_pending_lock = threading.Lock()
+_folding = False  # fold() runs in this process's background thread
+
+
+def _start_folding() -> None:
+    global _folding
+    from .local_usage import buffer  # its thread flushes once a second
+
+    buffer.every_flush(fold)
+    buffer.start()
+    _folding = True
+
+
+def _after_fork_in_child() -> None:
+    """The parent adds what it counted before the fork; the child starts a
+    thread of its own on its first count."""
+    global _pending, _pending_lock, _folding
+    _pending, _pending_lock, _folding = Counter(), threading.Lock(), False
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Folder:
+    """Collected before the counters (registered first): folds pending
+    decisions, so a scrape in this process reads every decision made."""
+
+    def describe(self) -> list:  # no names; and registering must not fold
+        return []
+
+    def collect(self) -> list:
+        fold()
+        return []
+
+
+_folder = _Folder()
 
 
 # (policy, result) -> the labelled counter: ``labels()`` takes a lock and

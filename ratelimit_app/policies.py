@@ -202,6 +202,13 @@ class CompiledPolicy:
             s.exempt_staff or s.exempt_users or s.exempt_groups or self.networks
         )
 
+    @cached_property
+    def plain_lease(self) -> bool:
+        """True when the policy leases and its rule is the same for every
+        client, none exempt: a request needs only its identity to be
+        admitted from a lease (``enforcement.from_leases``)."""
+        return self.leases and not self.exempts and not self.tiers
+
     def is_exempt(self, ip: str, user, groups: frozenset[str]) -> bool:
         if not self.exempts:
             return False

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -77,6 +79,38 @@ def test_allowed_and_blocked_requests_count_once_per_policy(client, name):
         "shadow_blocked": 0,
         "not_consumed": 0,
     }
+
+
+def folded(policy: str, result: str) -> float:
+    """The counter's value without collecting the registry (which folds)."""
+    return metrics._decisions_child(metrics.counters(), policy, result)._value.get()
+
+
+def test_decisions_reach_the_counter_within_a_second_without_a_scrape(client, name):
+    """Other processes of multiprocess mode are never scraped themselves: the
+    background thread adds their decisions to the counter."""
+    with policies({"name": name, "rate": "2/m", "path": "/plain/"}):
+        assert statuses(client, "/plain/", 3) == [200, 200, 429]
+    deadline = time.monotonic() + 5
+    while folded(name, "allowed") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (folded(name, "allowed"), folded(name, "blocked")) == (2, 1)
+
+
+def test_a_forked_child_leaves_the_parents_decisions_to_the_parent(client, name):
+    with policies({"name": name, "rate": "2/m", "path": "/plain/"}):
+        read, write = os.pipe()
+        with metrics._pending_lock:  # the background thread cannot fold now
+            metrics._pending[(name, "allowed")] += 5  # counted, not folded yet
+            pid = os.fork()
+        if pid == 0:  # the child: what it would fold, then leave at once
+            os.write(write, str(sum(metrics._pending.values())).encode())
+            os._exit(0)
+        os.close(write)
+        reported = os.read(read, 100).decode()
+        os.waitpid(pid, 0)
+    assert reported == "0"
+    assert value(DECISIONS, policy=name, result="allowed") == 5
 
 
 def test_shadow_would_blocks_count_as_shadow_blocked(client, name):

@@ -15,8 +15,9 @@ from django.urls import reverse
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
+from ratelimit_app import enforcement
 from ratelimit_app.checks import TAG, Codes
-from ratelimit_app.models import Policy
+from ratelimit_app.models import Exemption, Policy
 from ratelimit_app.policies import PolicySpec, compile_spec
 from ratelimit_app.snapshot import decode, policy_by_name, snapshot_keys
 from ratelimit_app.types import LEASE_ALGORITHMS
@@ -279,6 +280,45 @@ def test_a_leased_admin_policy_is_enforced_at_its_limit(
     assert compiled_lease(policy.name) is True
 
     assert statuses(client, "/plain/", 5) == [200, 200, 200, 429, 429]
+
+
+@pytest.mark.django_db
+def test_a_plain_leased_policy_admits_from_its_lease_without_building_rules(
+    client, django_capture_on_commit_callbacks, monkeypatch
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        policy = make_policy("hot", rate="1000/h", lease=True, path="/plain/")
+    built = []
+    build_rules = enforcement.build_rules
+    monkeypatch.setattr(
+        enforcement,
+        "build_rules",
+        lambda *args: built.append(1) or build_rules(*args),
+    )
+    responses = [client.get("/plain/") for _ in range(40)]
+    assert [r.status_code for r in responses] == [200] * 40
+    # Only the requests that asked Redis for a grant built their rules.
+    assert 1 <= len(built) <= 8
+    last = responses[-1]
+    assert last["RateLimit-Policy"] == f'"{policy.name}";q=1000;w=3600'
+    assert last["RateLimit"].startswith(f'"{policy.name}";r=')
+    assert last.wsgi_request.ratelimit.decisions[0].allowed
+
+
+@pytest.mark.django_db
+def test_an_exempt_client_of_a_leased_policy_stays_exempt(
+    client, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        policy = make_policy(
+            "hot-exempt", rate="2/m", algorithm="fixed_window", lease=True
+        )
+        policy.path = "/plain/"
+        policy.save()
+        Exemption.objects.create(policy=policy, network="203.0.113.0/24")
+    exempt = {"REMOTE_ADDR": "203.0.113.9"}
+    assert statuses(client, "/plain/", 4, **exempt) == [200] * 4
+    assert statuses(client, "/plain/", 3) == [200, 200, 429]
 
 
 # -- export and import ------------------------------------------------------------
