@@ -7,8 +7,11 @@ scenario, all under a per-run key prefix deleted at the end.
 
 Method:
 
-* floor: ``EVALSHA`` of ``return 1`` through the same redis-py client (and so
-  the same connection) our ``Limiter`` uses: one round trip and nothing else.
+* floor: ``EVALSHA`` of ``return 1`` through the same redis-py client our
+  ``Limiter`` uses (``client.evalsha``): one round trip and nothing else.
+  Beside it, for reference, the same call sent the way our engine sends its
+  scripts (pre-encoded, on the connection the thread keeps between calls,
+  see ``ratelimit_app/backends/direct.py``): our transport's own floor.
 * scenario "allowed": rate 100000/second for every contender. One Python
   process makes well under 100000 decisions a second, so nothing is denied,
   and the one-second window keeps the sliding logs (ours: one sorted-set
@@ -43,6 +46,7 @@ from urllib.parse import urlsplit, urlunsplit
 import django
 import redis
 from django.conf import settings
+from redis.exceptions import NoScriptError
 
 from ratelimit_app.testing import RedisServer, find_redis_url
 from ratelimit_app.types import ALGORITHMS
@@ -168,8 +172,25 @@ def without_password(url: str) -> str:
 
 
 def floor_decider(client: redis.Redis) -> Decide:
-    """A bare EVALSHA; like our engine, it reloads after NOSCRIPT (another
-    process, e.g. the test suite, may flush scripts on a shared Redis)."""
+    """A bare EVALSHA through redis-py; like our engine, it reloads after
+    NOSCRIPT (another process, e.g. the test suite, may flush scripts on a
+    shared Redis)."""
+    sha = client.script_load(FLOOR_SCRIPT)
+
+    def decide() -> bool:
+        try:
+            return client.evalsha(sha, 0) == 1
+        except NoScriptError:
+            client.script_load(FLOOR_SCRIPT)
+            return client.evalsha(sha, 0) == 1
+
+    return decide
+
+
+def transport_decider(client: redis.Redis) -> Decide:
+    """The same EVALSHA the way our engine sends its scripts (``run_script``:
+    pre-encoded, on the connection the thread keeps): the floor of our own
+    transport, shown for reference; targets are to redis-py's floor."""
     from ratelimit_app.algorithms import Script
     from ratelimit_app.backends.redis import run_script
 
@@ -292,8 +313,11 @@ def load_adapters(
     return adapters, notes
 
 
-def build_contenders(adapters: Sequence[Adapter], floor: Decide) -> list[Contender]:
-    """The floor first, then per algorithm and scenario: ours, then the peers."""
+def build_contenders(
+    adapters: Sequence[Adapter], floor: Decide, references: Sequence[Contender] = ()
+) -> list[Contender]:
+    """The floor first, the references, then per algorithm and scenario: ours,
+    then the peers."""
     contenders = [
         Contender(
             adapter.library,
@@ -309,7 +333,7 @@ def build_contenders(adapters: Sequence[Adapter], floor: Decide) -> list[Contend
         if (variant := adapter.variants.get(algorithm))
     ]
     floor_row = Contender("floor", f"EVALSHA `{FLOOR_SCRIPT}`", "-", "-", True, floor)
-    return [floor_row, *contenders]
+    return [floor_row, *references, *contenders]
 
 
 # -- measurement ------------------------------------------------------------------
@@ -484,7 +508,15 @@ def run(url: str, args: argparse.Namespace) -> str:
     client = redis.Redis.from_url(url)
     try:
         adapters, notes = load_adapters(client, url, prefix)
-        contenders = build_contenders(adapters, floor_decider(client))
+        transport = Contender(
+            "ratelimit_app transport",
+            f"EVALSHA `{FLOOR_SCRIPT}`, kept connection",
+            "-",
+            "-",
+            True,
+            transport_decider(client),
+        )
+        contenders = build_contenders(adapters, floor_decider(client), [transport])
         results = measure(contenders, args)
         return render(results, environment(client, url, args), notes)
     finally:

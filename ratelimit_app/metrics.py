@@ -62,7 +62,8 @@ def counters() -> Counters | None:
 def forget(**kwargs) -> None:
     """Settings changed: look at METRICS and the package again on next use."""
     global _counters
-    fold()  # into the counter of the settings they were made under
+    if _counters not in (None, _UNKNOWN):
+        fold()  # into the counter of the settings they were made under
     _counters = _UNKNOWN
     _children.clear()
 

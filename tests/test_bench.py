@@ -35,6 +35,8 @@ def test_quick_run_reports_the_floor_and_each_algorithm(redis_url, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     rows = table_rows(result.stdout)
     assert any(row.startswith("| floor ") for row in rows), result.stdout
+    transport = "| ratelimit_app transport EVALSHA `return 1`, kept connection |"
+    assert any(row.startswith(transport) for row in rows), result.stdout
     for algorithm in ALGORITHMS:
         for scenario in ("allowed", "exhausted"):
             prefix = f"| ratelimit_app Limiter.hit | {algorithm} | {scenario} |"
