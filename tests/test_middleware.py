@@ -7,6 +7,7 @@ import logging
 import pytest
 from django.contrib.auth.models import Group
 
+from ratelimit_app.headers import add_missing
 from ratelimit_app.models import Exemption, Policy, Tier
 from ratelimit_app.signals import rate_limited
 from ratelimit_app.snapshot import policy_by_name
@@ -355,6 +356,23 @@ def test_headers_are_byte_exact(client):
     assert blocked.headers["Retry-After"] == "30"
     assert blocked.headers["RateLimit"] == '"api";r=0;t=60, "daily";r=98;t=86400'
     assert "X-RateLimit-Limit" not in blocked.headers
+
+
+def test_a_header_the_view_sets_itself_is_kept_whatever_its_case(client):
+    with policies({"name": "own", "rate": "2/m", "path": "/own-header/"}):
+        response = client.get("/own-header/")
+    assert response.headers["RateLimit"] == '"upstream";r=5;t=1'
+    assert response.headers["RateLimit-Policy"] == '"own";q=2;w=60'
+    # Written into the header store as Django writes it: serialised as named.
+    serialized = response.serialize_headers().decode()
+    assert 'RateLimit-Policy: "own";q=2;w=60' in serialized.splitlines()
+    assert 'ratelimit: "upstream";r=5;t=1' in serialized.splitlines()
+
+
+def test_headers_objects_other_than_djangos_get_them_through_their_own_api():
+    theirs = {"RateLimit": "theirs"}
+    add_missing(theirs, {"RateLimit": "ours", "RateLimit-Policy": '"p";q=1;w=1'})
+    assert theirs == {"RateLimit": "theirs", "RateLimit-Policy": '"p";q=1;w=1'}
 
 
 def test_legacy_headers_behind_a_setting(client):

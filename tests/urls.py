@@ -11,6 +11,7 @@ urlpatterns = [
     path("api/items/<int:pk>/", views.plain, name="item"),
     path("login/", views.login, name="login"),
     path("plain/", views.plain, name="plain"),
+    path("own-header/", views.own_ratelimit_header, name="own-header"),
     path("health/", views.plain, name="health"),
     path("async/", views.async_plain, name="async-plain"),
     path("code/", views.code_limited, name="code"),

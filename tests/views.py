@@ -12,6 +12,13 @@ def plain(request, *args, **kwargs):
     return HttpResponse("ok")
 
 
+def own_ratelimit_header(request):
+    """A view that states its own quota (lowercase name, as some proxies do)."""
+    response = HttpResponse("ok")
+    response.headers["ratelimit"] = '"upstream";r=5;t=1'
+    return response
+
+
 async def async_plain(request):
     return HttpResponse("ok")
 
