@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import os
 import threading
 
 import pytest
 import redis
+import redis.asyncio
 
 from ratelimit_app.backends import direct
 from ratelimit_app.testing import RedisServer
@@ -122,3 +125,74 @@ def test_a_forked_child_decides_on_a_connection_of_its_own(make_limiter, server)
     # The parent's kept connection was not used by the child: its replies
     # still pair with its own commands.
     assert limiter.hit("kept", "client", RATE).remaining == 997
+
+
+# -- asyncio: one kept connection per pool (each event loop has its own) --------
+
+
+async def test_an_event_loops_decisions_share_one_kept_connection(make_limiter, server):
+    client = redis.asyncio.from_url(server.url, max_connections=10)
+    limiter = make_limiter(async_client=client)
+    try:
+        assert (await limiter.ahit("kept", "client", RATE)).allowed
+        received = connections_received(server)
+        for _ in range(30):
+            assert (await limiter.ahit("kept", "client", RATE)).allowed
+        assert connections_received(server) == received + 1  # INFO's own
+        assert direct._akept.kept(client.connection_pool)
+    finally:
+        await client.aclose()
+
+
+async def test_a_kept_async_connection_the_server_closed_fails_once_then_reopens(
+    make_limiter, server
+):
+    """As redis-py's asyncio pool does for its own connections (its readiness
+    check does not see this close): one decision takes the fail mode, the
+    connection is dropped, and the next decision is Redis's again."""
+    client = redis.asyncio.from_url(server.url, max_connections=10)
+    limiter = make_limiter(async_client=client)
+    try:
+        assert (await limiter.ahit("kept", "client", RATE)).remaining == 999
+        admin = redis.Redis.from_url(server.url)
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        first = await limiter.ahit("kept", "client", RATE)
+        assert first.reason in ("ok", "fallback_open")
+        consumed = 1 if first.reason == "ok" else 0
+        second = await limiter.ahit("kept", "client", RATE)
+        assert (second.reason, second.remaining) == ("ok", 998 - consumed)
+    finally:
+        await client.aclose()
+
+
+async def test_a_pool_of_one_keeps_nothing_and_concurrent_calls_share_it(
+    make_limiter, server
+):
+    client = redis.asyncio.from_url(server.url, max_connections=1)
+    limiter = make_limiter(async_client=client)
+    try:
+        assert (await limiter.ahit("kept", "client", RATE)).allowed
+        pool = client.connection_pool
+        assert not direct._akept.kept(pool)
+        assert not pool._in_use_connections  # back in the pool
+    finally:
+        await client.aclose()
+
+
+async def test_cancelled_async_decisions_leak_no_connection(make_limiter, server):
+    client = redis.asyncio.from_url(server.url, max_connections=4)
+    limiter = make_limiter(async_client=client)
+    try:
+        assert (await limiter.ahit("kept", "client", RATE)).allowed
+        for delay in (0, 0.00005, 0.0001, 0.0002, 0.0005, 0.001) * 5:
+            task = asyncio.ensure_future(limiter.ahit("kept", "client", RATE))
+            await asyncio.sleep(delay)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        pool = client.connection_pool
+        # At most the kept connection is out of the pool's list.
+        assert len(pool._in_use_connections) <= 1
+        assert (await limiter.ahit("kept", "client", RATE)).allowed
+    finally:
+        await client.aclose()

@@ -188,17 +188,63 @@ async def acall(client, verb: str, target: str, keys: list, args: list, command=
     pool = pool_of(client)
     if pool is None:
         return await client.evalsha(target, len(keys), *keys, *args)
-    connection = await pool.get_connection()
+    connection = await _akept.take(pool)
     try:
         if command is None:
             await connection.send_command(verb, target, len(keys), *keys, *args)
         else:
             await connection.send_packed_command([command])
-        return await connection.read_response()
+        reply = await connection.read_response()
     except ResponseError:
+        await _akept.give(pool, connection)  # an error reply: the connection is fine
         raise
-    except BaseException:
+    except BaseException:  # cancelled too: a half-read reply must not be reused
         await connection.disconnect()
-        raise
-    finally:
         await pool.release(connection)
+        raise
+    await _akept.give(pool, connection)
+    return reply
+
+
+class _AsyncKept:
+    """Each asyncio pool (one per event loop) keeps the connection of its
+    last decision for the next decision that finds it free.
+
+    ``_Kept`` for coroutines: the pool's get and release take about as long
+    as a decision script. One connection per pool, and only from a pool of
+    two or more, so the kept one never starves the pool's other users. The
+    pool's own readiness check (``ensure_connection``) runs before reuse.
+    """
+
+    def __init__(self) -> None:
+        self._kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    async def take(self, pool):
+        found = self._kept.pop(pool, None)
+        if found is None or found[1] != _keeping.generation:
+            return await pool.get_connection()
+        connection = found[0]
+        try:
+            await pool.ensure_connection(connection)
+        except BaseException:
+            await connection.disconnect()
+            await pool.release(connection)
+            raise
+        return connection
+
+    async def give(self, pool, connection) -> None:
+        if pool not in self._kept and self._keeps(pool):
+            self._kept[pool] = (connection, _keeping.generation)
+            return
+        await pool.release(connection)
+
+    @staticmethod
+    def _keeps(pool) -> bool:
+        most = getattr(pool, "max_connections", 0) or 0
+        return most >= 2 and hasattr(pool, "ensure_connection")
+
+    def kept(self, pool) -> bool:
+        return pool in self._kept
+
+
+_akept = _AsyncKept()
