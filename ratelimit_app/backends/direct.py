@@ -1,5 +1,6 @@
-"""EVALSHA or FCALL on a pooled connection, kept by the thread between calls:
-the decision's hot path without the client's per-command layers.
+"""EVALSHA or FCALL on a pooled connection, kept between calls (by each
+thread; by each asyncio pool, that is each event loop): the decision's hot
+path without the client's per-command layers.
 
 redis-py wraps every command in its retry loop, event dispatch and
 observability recorders, which cost more than the decision script itself. The
