@@ -2,27 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 from ratelimit_app.types import ALGORITHMS
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_bench(redis_url: str, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    env["REDIS_URL"] = redis_url  # the bench configures Django itself
-    return subprocess.run(
-        [sys.executable, "-m", "bench.decisions", "--quick", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from tests.bench_runs import run_bench
 
 
 def table_rows(report: str) -> list[str]:
@@ -31,7 +12,7 @@ def table_rows(report: str) -> list[str]:
 
 def test_quick_run_reports_the_floor_and_each_algorithm(redis_url, tmp_path):
     out = tmp_path / "bench.md"
-    result = run_bench(redis_url, "--markdown-out", str(out))
+    result = run_bench("bench.decisions", redis_url, "--markdown-out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     rows = table_rows(result.stdout)
     assert any(row.startswith("| floor ") for row in rows), result.stdout

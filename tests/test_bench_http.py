@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -38,8 +35,7 @@ from bench.http_site import (
     STORMS,
 )
 from ratelimit_app.testing import RedisServer
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.bench_runs import run_bench
 
 
 def table_rows(report: str) -> list[str]:
@@ -178,18 +174,10 @@ def test_the_summary_states_the_leasing_and_storm_targets():
 def test_quick_run_reports_every_contender(redis_url, tmp_path):
     if find_load_tool(install=True) is None:
         pytest.skip("neither wrk nor ab is on PATH, and apt-get cannot install wrk")
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    env["REDIS_URL"] = redis_url
     out = tmp_path / "http.md"
     # A private Redis: the other tests' commands would count in its figures.
-    command = [sys.executable, "-m", "bench.http", "--quick", "--own-redis"]
-    result = subprocess.run(
-        [*command, "--markdown-out", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_bench(
+        "bench.http", redis_url, "--own-redis", "--markdown-out", str(out)
     )
     assert result.returncode == 0, result.stdout + result.stderr
     rows = table_rows(result.stdout)

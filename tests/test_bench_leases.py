@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from bench.leases import max_excess, report
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.bench_runs import run_bench
 
 
 def brute_excess(times, capacity, per_second):
@@ -56,17 +50,8 @@ def test_the_report_marks_a_bound_broken():
 @pytest.mark.slow
 @pytest.mark.alone
 def test_a_quick_run_meets_every_bound(redis_url, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    env["REDIS_URL"] = redis_url
     out = tmp_path / "leases.md"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.leases", "--quick", "--markdown-out", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_bench("bench.leases", redis_url, "--markdown-out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     text = out.read_text(encoding="utf-8")
     assert "MISSED" not in text, text
