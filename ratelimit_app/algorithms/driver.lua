@@ -46,12 +46,8 @@ for i = 1, rules do
   local capacity, cost = tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5])
   local ok, available, retry, reset_now, reset_next, state = algorithm(
     KEYS[i], now, tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), capacity, cost)
-  local status = 0
-  if cost > capacity then
-    status, retry = 3, -1
-  elseif not ok then
-    status = 1
-  end
+  local status
+  status, retry = status_of(ok, cost, capacity, retry)
   if status ~= 0 and ARGV[base + 6] ~= '1' then blocked = true end
   local v = (i - 1) * 6
   verdicts[v + 1], verdicts[v + 2], verdicts[v + 3] = status, available, retry

@@ -38,3 +38,11 @@ local function parse_state(value, pattern)
   if not value then return nil end
   return string.match(value, pattern)
 end
+
+-- A rule's status (see driver.lua) and retry: 3 and -1 (never) when the cost
+-- exceeds the capacity, 1 when denied, else 0. Both drivers ask it.
+local function status_of(ok, cost, capacity, retry)
+  if cost > capacity then return 3, -1 end
+  if not ok then return 1, retry end
+  return 0, retry
+end

@@ -14,12 +14,8 @@ end
 local period, capacity, cost = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local ok, remaining, retry, reset, reset_next, state = algorithm(
   key, now, tonumber(ARGV[6]), period, capacity, cost)
-local status = 0
-if cost > capacity then
-  status, retry = 3, -1
-elseif not ok then
-  status = 1
-end
+local status
+status, retry = status_of(ok, cost, capacity, retry)
 local shadow = ARGV[10] == '1'
 local blocked = status ~= 0 and not shadow
 local hit = ARGV[1] == 'hit'
