@@ -136,19 +136,7 @@ def add_missing(headers, values: dict[str, str]) -> None:
             headers.setdefault(name, value)
         return
     for name, value in values.items():
-        store.setdefault(LOWERCASE.get(name) or name.lower(), (name, value))
-
-
-LOWERCASE = {
-    name: name.lower()
-    for name in (
-        "RateLimit-Policy",
-        "RateLimit",
-        "X-RateLimit-Limit",
-        "X-RateLimit-Remaining",
-        "X-RateLimit-Reset",
-    )
-}
+        store.setdefault(name.lower(), (name, value))
 
 
 def wants_json(request: HttpRequest) -> bool:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
 
 from . import conf
+from .local_usage import buffer
 
 if TYPE_CHECKING:
     from .enforcement import Outcome
@@ -173,9 +174,7 @@ _folding = False  # fold() runs in this process's background thread
 
 def _start_folding() -> None:
     global _folding
-    from .local_usage import buffer  # its thread flushes once a second
-
-    buffer.every_flush(fold)
+    buffer.every_flush(fold)  # its thread runs once a second
     buffer.start()
     _folding = True
 
