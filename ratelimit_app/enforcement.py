@@ -9,70 +9,23 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import lru_cache
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 from django.urls import Resolver404, resolve
 
-from . import conf, limiter, metrics
+from . import conf, lease_lane, limiter, metrics
 from .addresses import client_address
 from .identity import client_ip
 from .limiter import RuleSpec
+from .outcome import Outcome
 from .policies import USER_KEYS as USER_KEYS  # where cli and explanation look
 from .policies import CompiledPolicy, glob_to_regex
 from .signals import rate_limited
-from .types import Decision, Identity
+from .types import Identity
 
 logger = logging.getLogger("ratelimit_app")
-
-
-@dataclass
-class Outcome:
-    """The decisions for one request, in policy priority order."""
-
-    policies: list[CompiledPolicy] = field(default_factory=list)
-    decisions: list[Decision] = field(default_factory=list)
-    # The rules applied (a group tier may replace a policy's own rate).
-    specs: list[RuleSpec] = field(default_factory=list)
-
-    @property
-    def blocked(self) -> bool:
-        # A loop, not any(genexpr): asked twice per request (metrics, middleware).
-        for d in self.decisions:  # noqa: SIM110
-            if not d.allowed and not d.shadow:
-                return True
-        return False
-
-    @property
-    def blocking(self) -> list[tuple[CompiledPolicy, Decision]]:
-        return [
-            (p, d)
-            for p, d in zip(self.policies, self.decisions, strict=True)
-            if d.blocking
-        ]
-
-    @property
-    def blocking_names(self) -> list[str]:
-        return [p.name for p, _ in self.blocking]
-
-    @property
-    def retry_after(self) -> float | None:
-        """Seconds until every blocking policy would pass; None if never."""
-        waits = [d.retry_after for _, d in self.blocking]
-        if not waits or any(w is None for w in waits):
-            return None
-        return max(waits)
-
-    def extend(self, other: Outcome) -> None:
-        self.policies += other.policies
-        self.decisions += other.decisions
-        self.specs += other.specs
-
-    @property
-    def names(self) -> set[str]:
-        return {p.name for p in self.policies}
 
 
 # -- which policies apply ----------------------------------------------------
@@ -284,7 +237,7 @@ def build_rules(
 def check(request, policies, cost=None, *, consume: bool = True) -> Outcome:
     """Evaluate every policy in one engine call (all-or-nothing)."""
     if consume and cost is None:
-        outcome = from_leases(request, policies)
+        outcome = lease_lane.admit(request, policies)
         if outcome is not None:
             return outcome
     applied, items = build_rules(request, policies, cost)
@@ -299,7 +252,7 @@ def check(request, policies, cost=None, *, consume: bool = True) -> Outcome:
 async def acheck(request, policies, cost=None, *, consume: bool = True) -> Outcome:
     """The async twin; only reading request.user hops to a thread."""
     if consume and cost is None and not needs_user(policies):
-        outcome = from_leases(request, policies)
+        outcome = lease_lane.admit(request, policies)
         if outcome is not None:
             return outcome
     if needs_user(policies) or callable(cost):
@@ -314,24 +267,6 @@ async def acheck(request, policies, cost=None, *, consume: bool = True) -> Outco
         items, mode, fail_mode=fail_modes
     )
     return report(request, Outcome(applied, decisions, [spec for spec, _ in items]))
-
-
-def from_leases(request, policies) -> Outcome | None:
-    """The outcome of a request whose policies all lease, with no exemptions
-    or tiers, admitted from this process's live leases: no rules to build,
-    no Redis, nothing to report (every policy allowed). None, with nothing
-    taken, otherwise: ``check`` decides it the usual way."""
-    for policy in policies:
-        if not policy.plain_lease:
-            return None
-    items = [(p.rule_spec(NO_GROUPS), p.identify(request)) for p in policies]
-    decisions = limiter.default_limiter().from_leases(items)
-    if decisions is None:
-        return None
-    return Outcome(list(policies), decisions, [spec for spec, _ in items])
-
-
-NO_GROUPS: frozenset[str] = frozenset()
 
 
 def report(request: HttpRequest, outcome: Outcome) -> Outcome:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .enforcement import Outcome
+    from .outcome import Outcome
 
 
 class RateLimitExceeded(Exception):

@@ -23,10 +23,10 @@ from django.template.loader import render_to_string
 from django.utils.module_loading import import_string
 
 from . import conf, fallback
-from .enforcement import Outcome
 from .exceptions import RateLimitExceeded
+from .outcome import Outcome
 from .rates import Rate
-from .types import WINDOW_ALGORITHMS
+from .types import WINDOW_ALGORITHMS, Decision
 
 DEFAULT_MESSAGE = "Rate limit exceeded"
 
@@ -64,15 +64,19 @@ def whole_seconds(seconds: float) -> int:
 def ratelimit_headers(outcome: Outcome) -> dict[str, str]:
     """Headers for every enforcing policy that matched (shadow ones are silent)."""
     # Plain loops and a cache by rule: this runs on every limited response.
+    if outcome.headers is not None:  # the leased lane built them
+        return outcome.headers
+    if len(outcome.decisions) == 1 and not conf.get("LEGACY_HEADERS"):
+        return _one_policy(outcome.policies[0], outcome.decisions[0], outcome.specs[0])
     items, states, shown = [], [], []
     for p, d, rule in zip(
         outcome.policies, outcome.decisions, outcome.specs, strict=True
     ):
         if d.shadow:
             continue
-        item, label = _labels_of(p.spec, rule, d.limit)
+        item, label = labels_of(p.spec, rule, d.limit)
         items.append(item)
-        states.append(f"{label};r={d.remaining};t={whole_seconds(d.reset_after)}")
+        states.append(state_item(label, d))
         shown.append(d)
     if not shown:
         return {}
@@ -88,6 +92,19 @@ def ratelimit_headers(outcome: Outcome) -> dict[str, str]:
     return headers
 
 
+def _one_policy(policy, decision: Decision, rule) -> dict[str, str]:
+    """``ratelimit_headers`` of one policy (the common case), without lists."""
+    if decision.shadow:
+        return {}
+    item, label = labels_of(policy.spec, rule, decision.limit)
+    return {"RateLimit-Policy": item, "RateLimit": state_item(label, decision)}
+
+
+def state_item(label: str, decision: Decision) -> str:
+    """A policy's ``RateLimit`` list item: its name, r and t."""
+    return f"{label};r={decision.remaining};t={whole_seconds(decision.reset_after)}"
+
+
 # id(rule) -> (rule, policy spec, capacity, RateLimit-Policy item, quoted name):
 # a rule (a tier's or a cost's) is hashed by value in Python code, slower
 # than building the item; the entry keeps its rule alive, so its id is not
@@ -96,7 +113,7 @@ _labels: dict[int, tuple] = {}
 MAX_LABELS = 4096
 
 
-def _labels_of(spec, rule, capacity: int) -> tuple[str, str]:
+def labels_of(spec, rule, capacity: int) -> tuple[str, str]:
     """(RateLimit-Policy item, quoted name) of one policy's rule."""
     found = _labels.get(id(rule))
     if (

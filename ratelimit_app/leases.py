@@ -49,6 +49,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from redis.exceptions import RedisError
@@ -124,30 +125,36 @@ class LeaseTable:
                     taken[index] = lease
         return taken
 
-    def take_all(self, items, keys, now: float) -> list[Lease] | None:
+    def take_all(self, ids, specs, now: float) -> list[Lease] | None:
         """Every rule's cost from its live lease, admitted and counted for the
         stats, or nothing taken (None). ``take`` for a call whose rules are
-        all leased, which needs no Redis answer before it counts."""
+        all leased, which needs no Redis answer before it counts; ``ids`` are
+        the rules' keys in the table: (state key, ``spec.argv``)."""
         leases, found, late = self._leases, [], []
         bucket = int(now // BUCKET_MS)
         with self._lock:
-            for (spec, _), key in zip(items, keys, strict=True):
-                lease = leases.get((key, spec.argv))
+            for lease_id, spec in zip(ids, specs, strict=True):
+                lease = leases.get(lease_id)
                 if lease is None or lease.units < spec.argv[4] or now >= lease.deadline:
                     return None
                 found.append(lease)
-            for (spec, _), lease in zip(items, found, strict=True):
-                cost = spec.argv[4]
-                lease.units -= cost
-                lease.used += cost
-                if lease.bucket != bucket:
-                    late += _folded(lease)
-                    lease.bucket = bucket
-                lease.pending += 1
-                lease.pending_cost += cost
+            for spec, lease in zip(specs, found, strict=True):
+                late += _admitted(lease, spec.argv[4], bucket)
         if late:
             buffer.count_at(late)
         return found
+
+    def take_one(self, lease_id: tuple, spec, now: float) -> Lease | None:
+        """``take_all`` of one rule (the common leased call), without lists."""
+        with self._lock:
+            lease = self._leases.get(lease_id)
+            cost = spec.argv[4]
+            if lease is None or lease.units < cost or now >= lease.deadline:
+                return None
+            late = _admitted(lease, cost, int(now // BUCKET_MS))
+        if late:
+            buffer.count_at(late)
+        return lease
 
     def fold(self) -> list[tuple]:
         """The usage counts ``take_all`` holds, as (row, bucket, n) for the
@@ -358,7 +365,9 @@ def admit_all(table: LeaseTable, items, keys) -> list[Decision] | None:
     """A call whose rules are all leased, admitted from this process's leases
     alone (counted for the stats), or None with nothing taken."""
     now = now_ms()
-    taken = table.take_all(items, keys, now)
+    specs = [spec for spec, _ in items]
+    ids = [(key, spec.argv) for spec, key in zip(specs, keys, strict=True)]
+    taken = table.take_all(ids, specs, now)
     if taken is None:
         return None
     return [
@@ -383,6 +392,21 @@ def count_admissions(pairs, now: float) -> None:
             counts.append((row, cost if row.metric == "c" else 1))
     if counts:
         buffer.count_many(counts, now)
+
+
+def _admitted(lease: Lease, cost: int, bucket: int) -> Sequence[tuple]:
+    """Take ``cost`` units from ``lease`` and count the admission in its
+    ``bucket`` (under the table's lock); the counts of an earlier bucket
+    come back, as (row, bucket, n), for the usage buffer."""
+    lease.units -= cost
+    lease.used += cost
+    late = ()
+    if lease.bucket != bucket:
+        late = _folded(lease)
+        lease.bucket = bucket
+    lease.pending += 1
+    lease.pending_cost += cost
+    return late
 
 
 def _folded(lease: Lease) -> list[tuple]:

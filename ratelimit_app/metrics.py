@@ -19,7 +19,7 @@ from . import conf
 from .local_usage import buffer
 
 if TYPE_CHECKING:
-    from .enforcement import Outcome
+    from .outcome import Outcome
     from .types import Decision
 
 # The `result` label of ratelimit_decisions_total, one per policy and request.

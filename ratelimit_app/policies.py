@@ -206,7 +206,7 @@ class CompiledPolicy:
     def plain_lease(self) -> bool:
         """True when the policy leases and its rule is the same for every
         client, none exempt: a request needs only its identity to be
-        admitted from a lease (``enforcement.from_leases``)."""
+        admitted from a lease (``lease_lane``)."""
         return self.leases and not self.exempts and not self.tiers
 
     def is_exempt(self, ip: str, user, groups: frozenset[str]) -> bool:

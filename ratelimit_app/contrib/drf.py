@@ -8,7 +8,8 @@ from django.core.exceptions import ImproperlyConfigured
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
-from ..enforcement import Outcome, check, pending, record
+from ..enforcement import check, pending, record
+from ..outcome import Outcome
 from ..policies import PolicySpec
 from ..snapshot import policy_by_name, register_code_policy
 

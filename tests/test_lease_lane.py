@@ -1,0 +1,125 @@
+"""The leased lane: requests whose policies all lease plainly, admitted from the
+process's leases through a plan per matched policy set."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from ratelimit_app import aggregation, deny_cache, lease_lane, leases, local_usage
+from ratelimit_app.headers import ratelimit_headers
+from ratelimit_app.models import UsageMinute
+from tests.policy_helpers import policies
+
+
+@pytest.fixture(autouse=True)
+def fresh_lane():
+    leases.table.clear()
+    deny_cache.cache.clear()
+    lease_lane.forget()
+    yield
+    local_usage.buffer.flush()
+    leases.table.clear()
+    deny_cache.cache.clear()
+    lease_lane.forget()
+
+
+def leased(name: str, rate: str = "100000/h", path: str = "/plain/", **extra):
+    entry = {"name": name, "path": path, "rate": rate, "algorithm": "gcra"}
+    return {**entry, "key": "ip", "lease": True, **extra}
+
+
+def responses(client, path: str, n: int, **kwargs) -> list:
+    return [client.get(path, **kwargs) for _ in range(n)]
+
+
+def from_the_lane(response) -> bool:
+    """The lane built this outcome's headers (only it does)."""
+    return response.wsgi_request.ratelimit.headers is not None
+
+
+@pytest.mark.django_db
+def test_two_leased_policies_pass_from_their_leases_with_the_usual_headers(
+    client, calls
+):
+    with policies(leased("lane-a"), leased("lane-b", rate="50000/h")):
+        answered = responses(client, "/plain/", 60)
+    assert [r.status_code for r in answered] == [200] * 60
+    # Grants ask Redis (k doubles from the cost up); the rest pass locally.
+    assert len(calls) < 20
+    last = answered[-1]
+    assert from_the_lane(last)
+    outcome = last.wsgi_request.ratelimit
+    assert [p.name for p in outcome.policies] == ["lane-a", "lane-b"]
+    # Byte for byte what the general path builds from the same decisions.
+    assert outcome.headers == ratelimit_headers(replace(outcome, headers=None))
+    assert last["RateLimit-Policy"] == outcome.headers["RateLimit-Policy"]
+    assert last["RateLimit"] == outcome.headers["RateLimit"]
+    assert last["RateLimit-Policy"].startswith('"lane-a";q=100000;w=')
+    assert ', "lane-b";q=50000;w=' in last["RateLimit-Policy"]
+
+
+@pytest.mark.django_db
+def test_legacy_headers_come_from_the_general_path_and_follow_the_setting(client):
+    with policies(leased("lane-legacy"), LEGACY_HEADERS=True):
+        answered = responses(client, "/plain/", 30)
+    assert all("X-RateLimit-Remaining" in r for r in answered)
+    assert not from_the_lane(answered[-1])  # no plan headers with legacy on
+    with policies(leased("lane-legacy")):
+        answered = responses(client, "/plain/", 30)
+    assert not any("X-RateLimit-Remaining" in r for r in answered)
+    assert from_the_lane(answered[-1])  # the settings change made a new plan
+
+
+@pytest.mark.django_db
+def test_a_decorator_after_the_lane_adds_its_policy_to_the_headers(client):
+    with policies(leased("lane-outer", path="/annotate/")):
+        answered = responses(client, "/annotate/", 20)
+    assert [r.status_code for r in answered] == [200] * 20
+    for response in answered:
+        listed = response["RateLimit-Policy"]
+        assert '"lane-outer"' in listed and '"annotate-only"' in listed
+        assert response["RateLimit"].count(";r=") == 2
+    # The annotating decorator (2/m) denies from its third request on; the
+    # middleware's leased policy admitted every one.
+    assert [r.json()["allowed"] for r in answered[-2:]] == [[True, False]] * 2
+
+
+@pytest.mark.django_db
+def test_requests_admitted_by_the_lane_are_counted_exactly(client):
+    with policies(leased("lane-stats", rate="1000000/h")):
+        answered = responses(client, "/plain/", 400)
+    assert all(r.status_code == 200 for r in answered)
+    assert sum(from_the_lane(r) for r in answered) > 300
+    leases.table.end_all()
+    aggregation.drain_usage()
+    rows = UsageMinute.objects.filter(policy="lane-stats")
+    assert sum(r.allowed for r in rows) == 400
+    assert sum(r.cost for r in rows) == 400
+
+
+@pytest.mark.django_db
+def test_the_plans_and_their_identities_stay_within_their_bounds(client, monkeypatch):
+    monkeypatch.setattr(lease_lane, "IDENTITIES_MAX", 2)
+    monkeypatch.setattr(lease_lane, "PLANS_MAX", 1)
+    sets = (leased("lane-one", path="/plain/"), leased("lane-two", path="/health/"))
+    with policies(*sets):
+        for _ in range(10):
+            for n in range(4):
+                address = {"REMOTE_ADDR": f"198.51.100.{n}"}
+                for path in ("/plain/", "/health/"):
+                    assert client.get(path, **address).status_code == 200
+    assert len(lease_lane._plans) <= 1
+    for _, plan in lease_lane._plans.values():
+        assert len(plan._lease_ids) <= 2
+
+
+@pytest.mark.django_db
+def test_a_set_with_a_policy_that_does_not_lease_asks_redis_every_time(client, calls):
+    ordinary = {"name": "lane-ordinary", "path": "/plain/", "rate": "100000/h"}
+    with policies(leased("lane-beside"), ordinary):
+        answered = responses(client, "/plain/", 20)
+    assert [r.status_code for r in answered] == [200] * 20
+    assert not any(from_the_lane(r) for r in answered)
+    assert len(calls) == 20
