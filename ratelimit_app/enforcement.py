@@ -89,6 +89,7 @@ class Router:
         )
         # lru_cache: bounded, thread-safe, and its lookup is in C.
         self.match = lru_cache(maxsize=ROUTE_CACHE_SIZE)(self._match)
+        self.lane = lru_cache(maxsize=ROUTE_CACHE_SIZE)(self._lane)
 
     def _match(self, method: str, path: str) -> tuple[CompiledPolicy, ...]:
         return tuple(
@@ -100,8 +101,29 @@ class Router:
             and p.matches_route(path, None, None)
         )
 
+    def _lane(self, method: str, path: str) -> lease_lane.Plan | None:
+        policies = self.match(method, path)
+        return lease_lane.plan_for(policies) if policies else None
+
 
 _router = Router(())
+
+
+def lane_plan(
+    request: HttpRequest, policies: Sequence[CompiledPolicy]
+) -> lease_lane.Plan | None:
+    """The leased lane's plan for the request's route (``lease_lane``), when
+    the policies matching it all lease plainly; None otherwise, or while the
+    snapshot ``policies`` has no router yet (``routed_policies`` builds it)."""
+    router = _router
+    path = request.path_info
+    if (
+        router.policies is not policies
+        or router.resolves
+        or len(path) > ROUTE_CACHE_PATH_LENGTH
+    ):
+        return None
+    return router.lane(request.method, path)
 
 
 def routed_policies(
@@ -296,6 +318,19 @@ def record(request: HttpRequest, outcome: Outcome) -> Outcome:
     """Attach the decisions to the request (middleware and decorators add up),
     and count them: every call records a request's decisions for new policies."""
     metrics.record_decisions(outcome)
+    return attach(request, outcome)
+
+
+def record_admitted(
+    request: HttpRequest, plan: lease_lane.Plan, outcome: Outcome
+) -> Outcome:
+    """``record`` of the outcome ``plan`` admitted (every policy allowed)."""
+    metrics.record_allowed(plan.names)
+    return attach(request, outcome)
+
+
+def attach(request: HttpRequest, outcome: Outcome) -> Outcome:
+    """``request.ratelimit``: the first outcome, extended by later ones."""
     existing = getattr(request, "ratelimit", None)
     if isinstance(existing, Outcome):
         existing.extend(outcome)

@@ -43,6 +43,7 @@ class Plan:
         "_labels",
         "_lease_ids",
         "_policy_header",
+        "names",
         "policies",
         "reads_user",
         "specs",
@@ -50,6 +51,7 @@ class Plan:
 
     def __init__(self, policies: Sequence) -> None:
         self.policies = tuple(policies)
+        self.names = tuple(p.name for p in policies)
         self.specs = tuple(p.rule_spec(NO_GROUPS) for p in policies)
         self.reads_user = any(p.reads_user for p in policies)
         self._identify = tuple(p.identify for p in policies)
@@ -117,11 +119,17 @@ _lock = threading.Lock()
 def admit(request, policies: Sequence) -> Outcome | None:
     """The request's outcome from the leases when its policies all lease
     plainly and their leases cover it; else None, nothing taken."""
+    plan = plan_for(policies)
+    return None if plan is None else plan.admit(request)
+
+
+def plan_for(policies: Sequence) -> Plan | None:
+    """The plan of a matched policy set; None when some policy does not
+    lease plainly."""
     entry = _plans.get(tuple([id(policy) for policy in policies]))
     if entry is None:
         entry = _new_entry(policies)
-    plan = entry[1]
-    return None if plan is None else plan.admit(request)
+    return entry[1]
 
 
 def _new_entry(policies: Sequence) -> tuple:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
@@ -150,6 +151,18 @@ def record_decisions(outcome: Outcome) -> None:
             else:
                 result = SHADOW_BLOCKED if decision.shadow else BLOCKED
             _pending[(policy.name, result)] += 1
+    if not _folding:
+        _start_folding()
+
+
+def record_allowed(names: Sequence[str]) -> None:
+    """``record_decisions`` of an outcome whose every policy allowed (the
+    leased lane's), by policy name."""
+    if counters() is None:
+        return
+    with _pending_lock:
+        for name in names:
+            _pending[(name, ALLOWED)] += 1
     if not _folding:
         _start_folding()
 

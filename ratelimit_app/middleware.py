@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
-from .enforcement import acheck, check, record, routed_policies, skipped
-from .headers import apply_headers, blocked_response
+from .enforcement import (
+    acheck,
+    check,
+    lane_plan,
+    record,
+    record_admitted,
+    routed_policies,
+    skipped,
+)
+from .headers import apply_headers, blocked_response, lane_headers
 from .snapshot import aget_policies, get_policies
 
 
@@ -22,21 +30,38 @@ class RateLimitMiddleware:
     def __call__(self, request):
         if self.async_mode:
             return self.__acall__(request)
+        if skipped(request):
+            return self.get_response(request)
+        policies = get_policies()
+        # A route whose policies all lease plainly: admitted from the leases.
+        plan = lane_plan(request, policies)
+        if plan is not None:
+            outcome = plan.admit(request)
+            if outcome is not None:
+                record_admitted(request, plan, outcome)
+                return lane_headers(self.get_response(request), outcome)
         outcome = None
-        if not skipped(request):
-            policies = routed_policies(request, get_policies())
-            if policies:
-                outcome = record(request, check(request, policies))
-                if outcome.blocked:
-                    return blocked_response(request, outcome)
+        policies = routed_policies(request, policies)
+        if policies:
+            outcome = record(request, check(request, policies))
+            if outcome.blocked:
+                return blocked_response(request, outcome)
         return apply_headers(self.get_response(request), outcome)
 
     async def __acall__(self, request):
+        if skipped(request):
+            return await self.get_response(request)
+        policies = await aget_policies()
+        plan = lane_plan(request, policies)
+        if plan is not None and not plan.reads_user:  # request.user is sync
+            outcome = plan.admit(request)
+            if outcome is not None:
+                record_admitted(request, plan, outcome)
+                return lane_headers(await self.get_response(request), outcome)
         outcome = None
-        if not skipped(request):
-            policies = routed_policies(request, await aget_policies())
-            if policies:
-                outcome = record(request, await acheck(request, policies))
-                if outcome.blocked:
-                    return blocked_response(request, outcome)
+        policies = routed_policies(request, policies)
+        if policies:
+            outcome = record(request, await acheck(request, policies))
+            if outcome.blocked:
+                return blocked_response(request, outcome)
         return apply_headers(await self.get_response(request), outcome)

@@ -36,7 +36,8 @@ def responses(client, path: str, n: int, **kwargs) -> list:
 
 def from_the_lane(response) -> bool:
     """The lane built this outcome's headers (only it does)."""
-    return response.wsgi_request.ratelimit.headers is not None
+    request = getattr(response, "wsgi_request", None) or response.asgi_request
+    return request.ratelimit.headers is not None
 
 
 @pytest.mark.django_db
@@ -123,3 +124,50 @@ def test_a_set_with_a_policy_that_does_not_lease_asks_redis_every_time(client, c
     assert [r.status_code for r in answered] == [200] * 20
     assert not any(from_the_lane(r) for r in answered)
     assert len(calls) == 20
+
+
+@pytest.mark.django_db
+def test_the_lane_counts_its_admissions_in_the_decision_metrics(client):
+    from prometheus_client import REGISTRY
+
+    from ratelimit_app import metrics
+
+    labels = {"policy": "lane-metrics", "result": "allowed"}
+    before = REGISTRY.get_sample_value(metrics.DECISIONS, labels) or 0.0
+    with policies(leased("lane-metrics")):
+        answered = responses(client, "/plain/", 50)
+    assert sum(from_the_lane(r) for r in answered) > 30
+    after = REGISTRY.get_sample_value(metrics.DECISIONS, labels)
+    assert after - before == 50
+
+
+@pytest.mark.django_db
+def test_limits_turned_off_or_an_exempt_path_skip_the_lane_too(client):
+    with policies(leased("lane-off")):
+        assert all(from_the_lane(r) for r in responses(client, "/plain/", 30)[-5:])
+    with policies(leased("lane-off"), ENABLED=False):
+        answered = responses(client, "/plain/", 5)
+    with policies(leased("lane-off"), EXEMPT_PATHS=["/plain/"]):
+        answered += responses(client, "/plain/", 5)
+    for response in answered:
+        assert not hasattr(response.wsgi_request, "ratelimit")
+        assert "RateLimit" not in response
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_async_requests_take_the_lane_unless_their_key_reads_the_user(
+    async_client, django_user_model
+):
+    from asgiref.sync import sync_to_async
+
+    with policies(leased("lane-async", path="/async/")):
+        answered = [await async_client.get("/async/") for _ in range(30)]
+    assert [r.status_code for r in answered] == [200] * 30
+    assert from_the_lane(answered[-1])
+    user = await sync_to_async(django_user_model.objects.create_user)("lane", "pw")
+    await async_client.aforce_login(user)
+    with policies(leased("lane-async-user", path="/async/", key="user")):
+        answered = [await async_client.get("/async/") for _ in range(30)]
+    assert [r.status_code for r in answered] == [200] * 30
+    # request.user is read in a thread by the usual path, never in the loop.
+    assert not any(from_the_lane(r) for r in answered)
