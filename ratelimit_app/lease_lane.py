@@ -92,11 +92,13 @@ class Plan:
         return outcome
 
     def _headers(self, decisions) -> dict[str, str]:
-        states = [
-            state_item(label, d)
-            for label, d in zip(self._labels, decisions, strict=True)
-        ]
-        return {"RateLimit-Policy": self._policy_header, "RateLimit": ", ".join(states)}
+        labels = self._labels
+        if len(decisions) == 1:  # no list to join
+            state = state_item(labels[0], decisions[0])
+        else:
+            pairs = zip(labels, decisions, strict=True)
+            state = ", ".join([state_item(label, d) for label, d in pairs])
+        return {"RateLimit-Policy": self._policy_header, "RateLimit": state}
 
     def _remember(self, identities: tuple) -> list[tuple]:
         """The lease-table keys of these identities (validating them)."""
