@@ -256,9 +256,12 @@ def build_rules(
 # -- the engine call -------------------------------------------------------------
 
 
-def check(request, policies, cost=None, *, consume: bool = True) -> Outcome:
-    """Evaluate every policy in one engine call (all-or-nothing)."""
-    if consume and cost is None:
+def check(
+    request, policies, cost=None, *, consume: bool = True, lane: bool = True
+) -> Outcome:
+    """Evaluate every policy in one engine call (all-or-nothing); first
+    through the leased lane unless ``lane`` is off (the middleware tried it)."""
+    if lane and consume and cost is None:
         outcome = lease_lane.admit(request, policies)
         if outcome is not None:
             return outcome
@@ -271,9 +274,11 @@ def check(request, policies, cost=None, *, consume: bool = True) -> Outcome:
     return report(request, Outcome(applied, decisions, [spec for spec, _ in items]))
 
 
-async def acheck(request, policies, cost=None, *, consume: bool = True) -> Outcome:
+async def acheck(
+    request, policies, cost=None, *, consume: bool = True, lane: bool = True
+) -> Outcome:
     """The async twin; only reading request.user hops to a thread."""
-    if consume and cost is None and not needs_user(policies):
+    if lane and consume and cost is None and not needs_user(policies):
         outcome = lease_lane.admit(request, policies)
         if outcome is not None:
             return outcome

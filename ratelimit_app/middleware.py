@@ -43,7 +43,7 @@ class RateLimitMiddleware:
         outcome = None
         policies = routed_policies(request, policies)
         if policies:
-            outcome = record(request, check(request, policies))
+            outcome = record(request, check(request, policies, lane=plan is None))
             if outcome.blocked:
                 return blocked_response(request, outcome)
         return apply_headers(self.get_response(request), outcome)
@@ -61,7 +61,9 @@ class RateLimitMiddleware:
         outcome = None
         policies = routed_policies(request, policies)
         if policies:
-            outcome = record(request, await acheck(request, policies))
+            outcome = record(
+                request, await acheck(request, policies, lane=plan is None)
+            )
             if outcome.blocked:
                 return blocked_response(request, outcome)
         return apply_headers(await self.get_response(request), outcome)

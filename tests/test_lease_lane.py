@@ -171,3 +171,14 @@ async def test_async_requests_take_the_lane_unless_their_key_reads_the_user(
     assert [r.status_code for r in answered] == [200] * 30
     # request.user is read in a thread by the usual path, never in the loop.
     assert not any(from_the_lane(r) for r in answered)
+
+
+@pytest.mark.django_db
+def test_a_policy_matched_by_url_name_is_admitted_through_the_lane_too(client):
+    """Matchers that resolve the URL keep the router from caching routes;
+    the lane is then taken inside check()."""
+    entry = leased("lane-by-name", path="")
+    with policies({**entry, "url_name": "plain"}):
+        answered = responses(client, "/plain/", 30)
+    assert [r.status_code for r in answered] == [200] * 30
+    assert from_the_lane(answered[-1])
