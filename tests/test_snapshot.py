@@ -178,19 +178,22 @@ def test_three_policies_cost_one_script_call_per_request(client):
         with policies(*entries, REDIS_URL=server.url):
             client.get("/plain/")  # warm up: snapshot loaded, script registered
             log = CommandLog(server.url)
+            started = time.monotonic()  # the log's window
             time.sleep(0.2)  # MONITOR is on before the first request
-            started = time.monotonic()
             assert statuses(client, "/plain/", 20) == [200] * 20
-            elapsed = time.monotonic() - started
             commands = log.stop()
+            elapsed = time.monotonic() - started
     finally:
         server.stop()
     # One script call per request: FCALL of the function (Redis 7).
     assert commands.count("FCALL") == 20
-    # Besides the decisions, only the snapshot freshness check: one GET a second.
+    # Besides the decisions, only the snapshot freshness check, at most once a
+    # second: one pipelined round trip of two GETs (version key, deny epoch).
+    # (Under load the 20 requests can cross a check; the window may hold one
+    # more check than its whole seconds.)
     others = [c for c in commands if c != "FCALL"]
     assert set(others) <= {"GET"}
-    assert len(others) <= int(elapsed) + 1
+    assert len(others) <= 2 * (int(elapsed) + 1)
 
 
 def test_an_edit_reaches_another_process_within_a_second(
