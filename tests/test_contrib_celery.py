@@ -84,6 +84,7 @@ def test_deferrals_leave_the_tasks_own_retry_budget_intact(redis_client, start_w
     assert worker.output.count(f"[{task_id}] retry: Retry in 0s") == 1
 
 
+@pytest.mark.alone  # 20 ms of slack between admission and stamp: no load beside
 @pytest.mark.django_db(transaction=True)
 def test_two_workers_share_one_rate(redis_client, start_worker):
     workers = [start_worker(), start_worker()]
@@ -105,6 +106,7 @@ def test_two_workers_share_one_rate(redis_client, start_worker):
     assert deferred >= 4  # the rate, not the workers, paced them
 
 
+@pytest.mark.alone  # gaps between stamps taken after each admission
 def test_called_directly_or_eagerly_the_task_waits_in_process(redis_client):
     key = record_key()
     tasks.shared(key, "direct")
