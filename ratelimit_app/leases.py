@@ -84,7 +84,10 @@ class Lease:
     used: int = 0  # units admitted since, the grant's own cost included
     rate: float = 0.0  # units per ms, smoothed over grants
     wanted: int = 0  # units asked for at the last grant
-    limiter: object = None  # whose Redis the units go back to
+    limiter: object = None  # whose clock the give-back reads
+    # The Redis that granted the units, where they go back: a limiter built
+    # from settings resolves its client anew, and settings may have changed.
+    client: object = None
     counts: tuple = ()  # local_usage rows of an admission: "u", or "a" and "c"
     # Admissions of ``take_all`` not yet in the usage buffer, all in one
     # 100 ms bucket: counted here under the table's lock, not per request.
@@ -225,6 +228,7 @@ class LeaseTable:
                     rate=old.rate if old is not None else 0.0,
                     wanted=wants[index],
                     limiter=limiter,
+                    client=limiter.client,
                     counts=_admission_rows(limiter, keys[index], items[index]),
                 )
             while len(self._leases) > cap:
@@ -271,7 +275,7 @@ class LeaseTable:
                 lease.mark,
             ]
             try:
-                back += run_script(limiter.client, script, [key], args)
+                back += run_script(lease.client, script, [key], args)
             except RedisError as exc:  # Redis is down: do not wait once per lease
                 lost = sum(r[3] for r in returns)
                 logger.warning(

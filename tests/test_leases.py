@@ -6,6 +6,7 @@ import itertools
 import os
 
 import pytest
+import redis
 from django.core.exceptions import ImproperlyConfigured
 
 from ratelimit_app import (
@@ -202,6 +203,31 @@ def test_units_of_ended_leases_are_given_back(make_limiter, algorithm):
     assert remaining(engine, rule) == 1000 - admitted - held
     assert leases.table.end_all() == held
     assert remaining(engine, rule) == 1000 - admitted
+
+
+@pytest.mark.django_db
+def test_units_go_back_to_the_redis_that_granted_them(settings):
+    """A limiter built from settings resolves its client anew; a lease keeps
+    the one that granted it, so REDIS_URL changing meanwhile (tests do it)
+    sends nothing to the new server."""
+    from ratelimit_app.testing import RedisServer
+
+    engine = limiter.default_limiter()
+    rule = leased("gcra", "1000/h", scope="granted-here")
+    admitted = sum(engine.hit_many([rule])[0].allowed for _ in range(40))
+    held = leases.table.units_held()
+    assert held > 0
+    granted_by = settings.RATELIMIT
+    other = RedisServer().start()
+    try:
+        settings.RATELIMIT = {**granted_by, "REDIS_URL": other.url}
+        assert leases.table.end_all() == held
+        calls = redis.Redis.from_url(other.url).info("commandstats")
+    finally:
+        other.stop()
+    assert not any("fcall" in name or "evalsha" in name for name in calls)
+    settings.RATELIMIT = granted_by
+    assert remaining(limiter.default_limiter(), rule) == 1000 - admitted
 
 
 def test_the_background_thread_gives_back_what_an_idle_lease_holds(
