@@ -20,8 +20,7 @@ from collections.abc import Sequence
 
 from . import conf, limiter
 from .headers import labels_of, state_item
-from .leases import lease_decision, table
-from .local_usage import now_ms
+from .leases import admit_all, lease_ids, table
 from .outcome import Outcome
 
 # Plans kept (matched policy sets) and lease-table keys kept per plan
@@ -72,20 +71,9 @@ class Plan:
         ids = self._lease_ids.get(identities)
         if ids is None:
             ids = self._remember(identities)
-        now = now_ms()
-        if len(ids) == 1:
-            lease = table.take_one(ids[0], self.specs[0], now)
-            if lease is None:
-                return None
-            decisions = [lease_decision(self.specs[0], lease, now)]
-        else:
-            leases = table.take_all(ids, self.specs, now)
-            if leases is None:
-                return None
-            decisions = [
-                lease_decision(spec, lease, now)
-                for spec, lease in zip(self.specs, leases, strict=True)
-            ]
+        decisions = admit_all(table, ids, self.specs)
+        if decisions is None:
+            return None
         outcome = Outcome(list(self.policies), decisions, list(self.specs))
         if self._labels is not None:
             outcome.headers = self._headers(decisions)
@@ -103,8 +91,7 @@ class Plan:
     def _remember(self, identities: tuple) -> list[tuple]:
         """The lease-table keys of these identities (validating them)."""
         items = list(zip(self.specs, identities, strict=True))
-        keys = limiter.default_limiter().state_keys(items)
-        ids = [(key, spec.argv) for key, spec in zip(keys, self.specs, strict=True)]
+        ids = lease_ids(limiter.default_limiter().state_keys(items), self.specs)
         if len(self._lease_ids) >= IDENTITIES_MAX:
             self._lease_ids.clear()
         self._lease_ids[identities] = ids

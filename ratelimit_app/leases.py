@@ -365,18 +365,25 @@ class LeasedCall:
         )
 
 
-def admit_all(table: LeaseTable, items, keys) -> list[Decision] | None:
+def lease_ids(keys, specs) -> list[tuple]:
+    """The rules' keys in the lease table: (state key, ``spec.argv``)."""
+    return [(key, spec.argv) for key, spec in zip(keys, specs, strict=True)]
+
+
+def admit_all(table: LeaseTable, ids, specs) -> list[Decision] | None:
     """A call whose rules are all leased, admitted from this process's leases
-    alone (counted for the stats), or None with nothing taken."""
+    alone (counted for the stats), or None with nothing taken; ``ids`` from
+    ``lease_ids``."""
     now = now_ms()
-    specs = [spec for spec, _ in items]
-    ids = [(key, spec.argv) for spec, key in zip(specs, keys, strict=True)]
+    if len(ids) == 1:  # the common call: no lists
+        lease = table.take_one(ids[0], specs[0], now)
+        return None if lease is None else [lease_decision(specs[0], lease, now)]
     taken = table.take_all(ids, specs, now)
     if taken is None:
         return None
     return [
         lease_decision(spec, lease, now)
-        for (spec, _), lease in zip(items, taken, strict=True)
+        for spec, lease in zip(specs, taken, strict=True)
     ]
 
 

@@ -316,7 +316,9 @@ class Limiter:
         """Every rule admitted from this process's leases, or None (nothing
         taken): the common leased call needs neither Redis nor the guard.
         Every rule of ``items`` must lease."""
-        return leases.admit_all(self.leases, items, self.state_keys(items))
+        specs = [spec for spec, _ in items]
+        ids = leases.lease_ids(self.state_keys(items), specs)
+        return leases.admit_all(self.leases, ids, specs)
 
     def _decide(self, items, mode: str) -> list[Decision]:
         client = self.client
