@@ -115,15 +115,8 @@ def lane_plan(
     """The leased lane's plan for the request's route (``lease_lane``), when
     the policies matching it all lease plainly; None otherwise, or while the
     snapshot ``policies`` has no router yet (``routed_policies`` builds it)."""
-    router = _router
-    path = request.path_info
-    if (
-        router.policies is not policies
-        or router.resolves
-        or len(path) > ROUTE_CACHE_PATH_LENGTH
-    ):
-        return None
-    return router.lane(request.method, path)
+    router = _memo_router(policies, request.path_info)
+    return None if router is None else router.lane(request.method, request.path_info)
 
 
 def routed_policies(
@@ -131,17 +124,25 @@ def routed_policies(
 ) -> list[CompiledPolicy]:
     """Enabled policies whose route matchers and methods match the request."""
     global _router
-    path = request.path_info
+    if _router.policies is not policies and type(policies) is tuple:
+        _router = Router(policies)  # a new snapshot (tuples are immutable)
+    router = _memo_router(policies, request.path_info)
+    if router is not None:
+        return list(router.match(request.method, request.path_info))
+    return match_routes(request, policies)
+
+
+def _memo_router(policies, path: str) -> Router | None:
+    """The router of snapshot ``policies`` when it may answer from its memo
+    for ``path``: built, no matcher that resolves the URL, a short path."""
     router = _router
-    if router.policies is not policies and type(policies) is tuple:
-        router = _router = Router(policies)  # a new snapshot (tuples are immutable)
     if (
         router.policies is policies
         and not router.resolves
         and len(path) <= ROUTE_CACHE_PATH_LENGTH
     ):
-        return list(router.match(request.method, path))
-    return match_routes(request, policies)
+        return router
+    return None
 
 
 def match_routes(

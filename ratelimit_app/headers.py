@@ -141,15 +141,6 @@ def apply_headers(response: HttpResponse, outcome: Outcome | None) -> HttpRespon
     return response
 
 
-def lane_headers(response: HttpResponse, outcome: Outcome) -> HttpResponse:
-    """``apply_headers`` of an outcome the leased lane admitted, whose
-    headers it built, unless a decorator's policies joined it since."""
-    if outcome.headers is None:
-        return apply_headers(response, outcome)
-    add_missing(response.headers, outcome.headers)
-    return response
-
-
 def add_missing(headers, values: dict[str, str]) -> None:
     """``headers.setdefault`` for each value, straight into the store of
     Django's ``ResponseHeaders`` (``{lowercased name: (name, value)}``): its

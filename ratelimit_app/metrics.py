@@ -144,25 +144,28 @@ def record_decisions(outcome: Outcome) -> None:
     if not outcome.decisions or counters() is None:
         return
     blocked = outcome.blocked
-    with _pending_lock:
-        for policy, decision in zip(outcome.policies, outcome.decisions, strict=True):
-            if decision.allowed:
-                result = NOT_CONSUMED if blocked else ALLOWED
-            else:
-                result = SHADOW_BLOCKED if decision.shadow else BLOCKED
-            _pending[(policy.name, result)] += 1
-    if not _folding:
-        _start_folding()
+    _count(
+        [
+            (policy.name, result_of(decision, blocked))
+            for policy, decision in zip(
+                outcome.policies, outcome.decisions, strict=True
+            )
+        ]
+    )
 
 
 def record_allowed(names: Sequence[str]) -> None:
     """``record_decisions`` of an outcome whose every policy allowed (the
     leased lane's), by policy name."""
-    if counters() is None:
-        return
+    if counters() is not None:
+        _count([(name, ALLOWED) for name in names])
+
+
+def _count(results: list[tuple[str, str]]) -> None:
+    """One more decision per (policy, result), folded later (see ``fold``)."""
     with _pending_lock:
-        for name in names:
-            _pending[(name, ALLOWED)] += 1
+        for result in results:
+            _pending[result] += 1
     if not _folding:
         _start_folding()
 

@@ -13,7 +13,7 @@ from .enforcement import (
     routed_policies,
     skipped,
 )
-from .headers import apply_headers, blocked_response, lane_headers
+from .headers import apply_headers, blocked_response
 from .snapshot import aget_policies, get_policies
 
 
@@ -39,7 +39,7 @@ class RateLimitMiddleware:
             outcome = plan.admit(request)
             if outcome is not None:
                 record_admitted(request, plan, outcome)
-                return lane_headers(self.get_response(request), outcome)
+                return apply_headers(self.get_response(request), outcome)
         outcome = None
         policies = routed_policies(request, policies)
         if policies:
@@ -57,7 +57,7 @@ class RateLimitMiddleware:
             outcome = plan.admit(request)
             if outcome is not None:
                 record_admitted(request, plan, outcome)
-                return lane_headers(await self.get_response(request), outcome)
+                return apply_headers(await self.get_response(request), outcome)
         outcome = None
         policies = routed_policies(request, policies)
         if policies:
