@@ -203,11 +203,23 @@ _UNKNOWN = object()
 
 
 def _find_client_network(request: HttpRequest) -> str | None:
+    config = address_settings()
+    if not (config.hops or config.networks):  # REMOTE_ADDR alone decides
+        remote = request.META.get("REMOTE_ADDR")
+        if isinstance(remote, str) and len(remote) <= LONGEST_ADDRESS:
+            return _remote_network(remote, config.ipv4_prefix, config.ipv6_prefix)
     address = client_address(request)
     if address is None:
         return None
-    config = address_settings()
     return group(address, config.ipv4_prefix, config.ipv6_prefix)
+
+
+# By the REMOTE_ADDR text: hashing a str is done in C, an address object's
+# hash runs Python code, and this is asked for every ip-keyed request.
+@lru_cache(maxsize=8192)
+def _remote_network(remote: str, ipv4_prefix: int, ipv6_prefix: int) -> str | None:
+    address = _parse_address(remote)
+    return None if address is None else group(address, ipv4_prefix, ipv6_prefix)
 
 
 @lru_cache(maxsize=8192)

@@ -15,7 +15,7 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 from django.urls import Resolver404, resolve
 
-from . import conf, lease_lane, limiter, metrics
+from . import conf, lanes, limiter, metrics
 from .addresses import client_address
 from .identity import client_ip
 from .limiter import RuleSpec
@@ -101,9 +101,9 @@ class Router:
             and p.matches_route(path, None, None)
         )
 
-    def _lane(self, method: str, path: str) -> lease_lane.Plan | None:
+    def _lane(self, method: str, path: str) -> lanes.Plan | None:
         policies = self.match(method, path)
-        return lease_lane.plan_for(policies) if policies else None
+        return lanes.plan_for(policies) if policies else None
 
 
 _router = Router(())
@@ -111,10 +111,10 @@ _router = Router(())
 
 def lane_plan(
     request: HttpRequest, policies: Sequence[CompiledPolicy]
-) -> lease_lane.Plan | None:
-    """The leased lane's plan for the request's route (``lease_lane``), when
-    the policies matching it all lease plainly; None otherwise, or while the
-    snapshot ``policies`` has no router yet (``routed_policies`` builds it)."""
+) -> lanes.Plan | None:
+    """The lane plan for the request's route (``lanes``), when the policies
+    matching it are all plain; None otherwise, or while the snapshot
+    ``policies`` has no router yet (``routed_policies`` builds it)."""
     router = _memo_router(policies, request.path_info)
     return None if router is None else router.lane(request.method, request.path_info)
 
@@ -260,12 +260,12 @@ def build_rules(
 def check(
     request, policies, cost=None, *, consume: bool = True, lane: bool = True
 ) -> Outcome:
-    """Evaluate every policy in one engine call (all-or-nothing); first
-    through the leased lane unless ``lane`` is off (the middleware tried it)."""
+    """Evaluate every policy in one engine call (all-or-nothing); through
+    their lane (``lanes``) unless ``lane`` is off (the middleware tried it)."""
     if lane and consume and cost is None:
-        outcome = lease_lane.admit(request, policies)
+        outcome = lanes.run(request, policies)
         if outcome is not None:
-            return outcome
+            return report(request, outcome)
     applied, items = build_rules(request, policies, cost)
     if not items:
         return Outcome()
@@ -278,9 +278,10 @@ def check(
 async def acheck(
     request, policies, cost=None, *, consume: bool = True, lane: bool = True
 ) -> Outcome:
-    """The async twin; only reading request.user hops to a thread."""
+    """The async twin; only reading request.user hops to a thread. Only the
+    leased lane: the called lane's script call is sync."""
     if lane and consume and cost is None and not needs_user(policies):
-        outcome = lease_lane.admit(request, policies)
+        outcome = lanes.admit(request, policies)
         if outcome is not None:
             return outcome
     if needs_user(policies) or callable(cost):
@@ -327,10 +328,12 @@ def record(request: HttpRequest, outcome: Outcome) -> Outcome:
     return attach(request, outcome)
 
 
-def record_admitted(
-    request: HttpRequest, plan: lease_lane.Plan, outcome: Outcome
-) -> Outcome:
-    """``record`` of the outcome ``plan`` admitted (every policy allowed)."""
+def record_planned(request: HttpRequest, plan: lanes.Plan, outcome: Outcome) -> Outcome:
+    """``record`` of an outcome of ``plan``'s lane; one whose every policy
+    allowed is counted by policy name and has nothing to report."""
+    for decision in outcome.decisions:
+        if not decision.allowed:
+            return record(request, report(request, outcome))
     metrics.record_allowed(plan.names)
     return attach(request, outcome)
 

@@ -312,6 +312,21 @@ class Limiter:
             lambda: self._decide(items, mode), items, mode, fail_mode, self.breaker
         )
 
+    def decide_prepared(
+        self, items, call: Prepared, fail_mode: FailMode = None
+    ) -> list[Decision]:
+        """``decide`` of a hit whose rules never lease, its call ``prepared``
+        by the caller for this limiter (the called lane keeps one per
+        identity; see ``lanes``): the deny cache, then the script, through
+        the breaker and the fail modes."""
+        return fallback.guard(
+            lambda: self._ask(self.client, call, items, "hit")[0],
+            items,
+            "hit",
+            fail_mode,
+            self.breaker,
+        )
+
     def from_leases(self, items) -> list[Decision] | None:
         """Every rule admitted from this process's leases, or None (nothing
         taken): the common leased call needs neither Redis nor the guard.

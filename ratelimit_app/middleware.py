@@ -9,7 +9,7 @@ from .enforcement import (
     check,
     lane_plan,
     record,
-    record_admitted,
+    record_planned,
     routed_policies,
     skipped,
 )
@@ -33,19 +33,22 @@ class RateLimitMiddleware:
         if skipped(request):
             return self.get_response(request)
         policies = get_policies()
-        # A route whose policies all lease plainly: admitted from the leases.
+        # A route whose policies are all plain: its lane (see lanes).
         plan = lane_plan(request, policies)
         if plan is not None:
-            outcome = plan.admit(request)
+            outcome = plan.run(request)
             if outcome is not None:
-                record_admitted(request, plan, outcome)
-                return apply_headers(self.get_response(request), outcome)
+                return self.respond(request, record_planned(request, plan, outcome))
         outcome = None
         policies = routed_policies(request, policies)
         if policies:
             outcome = record(request, check(request, policies, lane=plan is None))
-            if outcome.blocked:
-                return blocked_response(request, outcome)
+        return self.respond(request, outcome)
+
+    def respond(self, request, outcome):
+        """The policy's response when blocked, else the view's, with headers."""
+        if outcome is not None and outcome.blocked:
+            return blocked_response(request, outcome)
         return apply_headers(self.get_response(request), outcome)
 
     async def __acall__(self, request):
@@ -53,10 +56,12 @@ class RateLimitMiddleware:
             return await self.get_response(request)
         policies = await aget_policies()
         plan = lane_plan(request, policies)
-        if plan is not None and not plan.reads_user:  # request.user is sync
+        # The leased lane only (the called lane's script call is sync), and
+        # not when a key reads request.user (sync too).
+        if plan is not None and plan.leased and not plan.reads_user:
             outcome = plan.admit(request)
             if outcome is not None:
-                record_admitted(request, plan, outcome)
+                record_planned(request, plan, outcome)
                 return apply_headers(await self.get_response(request), outcome)
         outcome = None
         policies = routed_policies(request, policies)

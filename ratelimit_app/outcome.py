@@ -20,7 +20,7 @@ class Outcome:
     # The rules applied (a group tier may replace a policy's own rate).
     specs: list[RuleSpec] = field(default_factory=list)
     # The RateLimit headers, when the leased lane built them with the
-    # decisions (see lease_lane); else None and ``headers`` builds them.
+    # decisions (see lanes); else None and ``headers`` builds them.
     headers: dict[str, str] | None = field(default=None, compare=False, repr=False)
 
     @property

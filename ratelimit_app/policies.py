@@ -203,11 +203,16 @@ class CompiledPolicy:
         )
 
     @cached_property
+    def plain(self) -> bool:
+        """True when the policy's rule is the same for every client, none
+        exempt: a request needs only its identity (``lanes``)."""
+        return not self.exempts and not self.tiers
+
+    @cached_property
     def plain_lease(self) -> bool:
-        """True when the policy leases and its rule is the same for every
-        client, none exempt: a request needs only its identity to be
-        admitted from a lease (``lease_lane``)."""
-        return self.leases and not self.exempts and not self.tiers
+        """True when the policy is plain and leases: a request needs only its
+        identity to be admitted from a lease (``lanes``)."""
+        return self.leases and self.plain
 
     def is_exempt(self, ip: str, user, groups: frozenset[str]) -> bool:
         if not self.exempts:

@@ -69,7 +69,9 @@ CLIENTS = 1_000_000
 PER_CALL = 100  # identities per script call (hit_many of distinct clients)
 DENIED = 20_000  # clients that come back and are denied (top offenders)
 PREFIX = "scale:1:"
-RATE = "1/h"
+# A day: window keys end at the window's end (aligned to the epoch), so a run
+# across it loses them before the count; see the test.
+RATE = "1/d"
 
 
 def million_identities():
@@ -139,6 +141,7 @@ def scale_redis():
 @pytest.mark.slow
 def test_a_million_clients_leave_every_key_with_a_ttl(scale_redis):
     started = time.monotonic()
+    window = int(time.time() // 86400)
     limiter = Limiter(client=scale_redis, prefix=PREFIX, secret=SECRET, shards=1024)
     hit_in_batches(limiter, scale_redis, million_identities())
     # The first clients come back (same identity, same algorithm) and are denied.
@@ -151,7 +154,11 @@ def test_a_million_clients_leave_every_key_with_a_ttl(scale_redis):
     assert all(ttl > 0 or ttl == -2 for ttl in ttls.values())
     kinds = {_kind(key) for key in ttls}
     assert kinds == {*ALGORITHM_CODES, "usage", "hll", "top"}, kinds
-    assert sum(_kind(key) in ALGORITHM_CODES for key in ttls) == CLIENTS
+    kept = sum(_kind(key) in ALGORITHM_CODES for key in ttls)
+    if int(time.time() // 86400) == window:
+        assert kept == CLIENTS
+    else:  # the run crossed midnight (UTC): the window keys ended there
+        assert CLIENTS * 0.6 <= kept <= CLIENTS
     longest = max(len(key) for key in ttls)
     assert longest <= len(PREFIX) + 64, longest
     print(f"1M clients: {time.monotonic() - started:.1f} s")  # budget: 60 s

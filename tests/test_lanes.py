@@ -1,5 +1,6 @@
-"""The leased lane: requests whose policies all lease plainly, admitted from the
-process's leases through a plan per matched policy set."""
+"""The lanes: requests whose policies are all plain, through a plan per
+matched policy set: admitted from the process's leases (every policy leases)
+or decided by one prepared script call (none leases)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,18 @@ from dataclasses import replace
 
 import pytest
 
-from ratelimit_app import aggregation, deny_cache, lease_lane, leases, local_usage
+from ratelimit_app import (
+    aggregation,
+    deny_cache,
+    enforcement,
+    lanes,
+    leases,
+    limiter,
+    local_usage,
+)
 from ratelimit_app.headers import ratelimit_headers
 from ratelimit_app.models import UsageMinute
+from ratelimit_app.signals import rate_limited
 from tests.policy_helpers import policies
 
 
@@ -17,12 +27,12 @@ from tests.policy_helpers import policies
 def fresh_lane():
     leases.table.clear()
     deny_cache.cache.clear()
-    lease_lane.forget()
+    lanes.forget()
     yield
     local_usage.buffer.flush()
     leases.table.clear()
     deny_cache.cache.clear()
-    lease_lane.forget()
+    lanes.forget()
 
 
 def leased(name: str, rate: str = "100000/h", path: str = "/plain/", **extra):
@@ -102,8 +112,8 @@ def test_requests_admitted_by_the_lane_are_counted_exactly(client):
 
 @pytest.mark.django_db
 def test_the_plans_and_their_identities_stay_within_their_bounds(client, monkeypatch):
-    monkeypatch.setattr(lease_lane, "IDENTITIES_MAX", 2)
-    monkeypatch.setattr(lease_lane, "PLANS_MAX", 1)
+    monkeypatch.setattr(lanes, "IDENTITIES_MAX", 2)
+    monkeypatch.setattr(lanes, "PLANS_MAX", 1)
     sets = (leased("lane-one", path="/plain/"), leased("lane-two", path="/health/"))
     with policies(*sets):
         for _ in range(10):
@@ -111,8 +121,8 @@ def test_the_plans_and_their_identities_stay_within_their_bounds(client, monkeyp
                 address = {"REMOTE_ADDR": f"198.51.100.{n}"}
                 for path in ("/plain/", "/health/"):
                     assert client.get(path, **address).status_code == 200
-    assert len(lease_lane._plans) <= 1
-    for _, plan in lease_lane._plans.values():
+    assert len(lanes._plans) <= 1
+    for _, plan in lanes._plans.values():
         assert len(plan._lease_ids) <= 2
 
 
@@ -182,3 +192,117 @@ def test_a_policy_matched_by_url_name_is_admitted_through_the_lane_too(client):
         answered = responses(client, "/plain/", 30)
     assert [r.status_code for r in answered] == [200] * 30
     assert from_the_lane(answered[-1])
+
+
+# -- the called lane: plain policies that do not lease -------------------------------
+
+
+def plain(name: str, rate: str = "100000/h", path: str = "/plain/", **extra):
+    return {"name": name, "path": path, "rate": rate, "key": "ip", **extra}
+
+
+def no_rules_built(monkeypatch) -> None:
+    """The usual path builds rules per request; the lanes never do."""
+
+    def refused(*args, **kwargs):
+        raise AssertionError("build_rules called: the request left the lane")
+
+    monkeypatch.setattr(enforcement, "build_rules", refused)
+
+
+@pytest.mark.django_db
+def test_plain_policies_are_decided_in_one_prepared_call_with_the_usual_headers(
+    client, calls, monkeypatch
+):
+    no_rules_built(monkeypatch)
+    with policies(plain("called-a"), plain("called-b", rate="500/m")):
+        answered = responses(client, "/plain/", 20)
+    assert [r.status_code for r in answered] == [200] * 20
+    assert len(calls) == 20  # one script call per request, nothing else
+    last = answered[-1]
+    assert from_the_lane(last)
+    outcome = last.wsgi_request.ratelimit
+    assert [p.name for p in outcome.policies] == ["called-a", "called-b"]
+    assert [d.remaining for d in outcome.decisions] == [100000 - 20, 500 - 20]
+    assert outcome.headers == ratelimit_headers(replace(outcome, headers=None))
+    assert last["RateLimit-Policy"] == outcome.headers["RateLimit-Policy"]
+    assert last["RateLimit"] == '"called-a";r=99980;t=1, "called-b";r=480;t=3'
+
+
+@pytest.mark.django_db
+def test_a_denial_in_the_called_lane_blocks_reports_and_is_then_answered_locally(
+    client, calls, monkeypatch
+):
+    no_rules_built(monkeypatch)
+    signalled = []
+
+    def receiver(sender, **kwargs):
+        signalled.append((sender, kwargs["shadow"]))
+
+    rate_limited.connect(receiver)
+    try:
+        with policies(plain("called-wide"), plain("called-tight", rate="2/h")):
+            answered = responses(client, "/plain/", 8)
+    finally:
+        rate_limited.disconnect(receiver)
+    assert [r.status_code for r in answered] == [200, 200] + [429] * 6
+    blocked = answered[-1]
+    assert int(blocked["Retry-After"]) >= 1
+    assert '"called-tight";r=0;t=3600' in blocked["RateLimit"]
+    assert signalled == [("called-tight", False)] * 6
+    # The first denials are Redis's; once this process knows the deny cache's
+    # epoch it answers the rest itself.
+    assert len(calls) < 8
+    assert blocked.wsgi_request.ratelimit.blocking_names == ["called-tight"]
+
+
+@pytest.mark.django_db
+def test_a_shadow_policy_in_the_called_lane_is_left_out_of_the_headers(
+    client, monkeypatch
+):
+    no_rules_built(monkeypatch)
+    sets = (plain("called-enforced"), plain("called-shadow", rate="1/h", mode="shadow"))
+    with policies(*sets):
+        answered = responses(client, "/plain/", 3)
+    assert [r.status_code for r in answered] == [200] * 3
+    last = answered[-1]
+    outcome = last.wsgi_request.ratelimit
+    assert [d.reason for d in outcome.decisions] == ["ok", "limit"]
+    assert last["RateLimit-Policy"].startswith('"called-enforced";')
+    assert "called-shadow" not in last["RateLimit-Policy"] + last["RateLimit"]
+
+
+@pytest.mark.django_db
+def test_the_called_lane_follows_a_new_key_prefix(client, redis_client):
+    with policies(plain("called-prefix")):
+        assert client.get("/plain/").status_code == 200
+    with policies(plain("called-prefix"), KEY_PREFIX="lanes-moved:"):
+        assert client.get("/plain/").status_code == 200
+        assert limiter.default_limiter().prefix.startswith("lanes-moved:")
+    moved = list(redis_client.scan_iter(match="lanes-moved:*called-prefix:gcra"))
+    assert len(moved) == 1
+    redis_client.delete(*redis_client.scan_iter(match="lanes-moved:*"))
+
+
+@pytest.mark.django_db
+def test_the_called_lanes_prepared_calls_stay_within_their_bound(client, monkeypatch):
+    monkeypatch.setattr(lanes, "IDENTITIES_MAX", 3)
+    with policies(plain("called-bound")):
+        for n in range(10):
+            address = {"REMOTE_ADDR": f"198.51.100.{n}"}
+            assert client.get("/plain/", **address).status_code == 200
+        (plan,) = [plan for _, plan in lanes._plans.values() if plan is not None]
+    assert not plan.leased
+    assert 1 <= len(plan._calls) <= 3
+
+
+@pytest.mark.django_db
+def test_a_decorated_view_decides_its_plain_policy_in_the_called_lane_too(
+    client, monkeypatch
+):
+    no_rules_built(monkeypatch)
+    with policies():
+        answered = responses(client, "/code/", 3)  # @rate_limit(rate="2/m")
+    assert [r.status_code for r in answered] == [200, 200, 429]
+    assert all(from_the_lane(r) for r in answered)
+    assert answered[-1]["RateLimit"] == '"code-limited";r=0;t=60'
