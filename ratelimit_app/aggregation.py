@@ -275,10 +275,10 @@ def add_fields(contents: BatchContents, batch: Batch, fields: dict) -> int:
         fields.items(), usage.parse_field, usage.parse_count, batch, "field", logger
     )
     for parsed, amount in readable:
-        key = (parsed.scope, parsed.minute)
-        for name in parsed.counts:
-            contents.counts[key][_INDEX[name]] += amount
-        distinct.note(contents.seen, batch.shard, *key)
+        for scope in parsed.scopes:  # each scope of a usage group
+            for name in parsed.counts:
+                contents.counts[(scope, parsed.minute)][_INDEX[name]] += amount
+        distinct.note(contents.seen, batch.shard, parsed)
     return len(fields) - len(readable)
 
 

@@ -1,7 +1,7 @@
 """Distinct clients: the shards' minute HyperLogLogs merged at drain time.
 
 The decision script adds identity digests to one HyperLogLog per shard, scope
-and minute (see usage.py). Counts of distinct clients do not add up across
+(or usage group: several scopes, each merging it) and minute (see usage.py). Counts of distinct clients do not add up across
 shards, minutes or hours, so the drain merges instead of adding: it copies
 each shard's HyperLogLog into one slot (Redis Cluster cannot merge across
 slots), PFMERGEs it into the scope's merged minute, hour and day
@@ -71,8 +71,9 @@ counts[4] = skipped
 return counts
 """
 
-# (scope, minute) -> the shards whose HyperLogLog holds clients of it
-Seen = dict[tuple[str, int], set[int]]
+# (scope or usage group, minute, whether a group) -> the shards whose
+# HyperLogLog holds clients of it
+Seen = dict[tuple[str, int, bool], set[int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +84,15 @@ class DistinctCount:
     clients: int
 
 
-def note(seen: Seen, shard: int, scope: str, minute: int) -> None:
-    """Remember that a batch of ``shard`` counted ``scope`` in ``minute``."""
-    seen.setdefault((scope, minute), set()).add(shard)
+def note(seen: Seen, shard: int, field: usage.UsageField) -> None:
+    """Remember that a batch of ``shard`` counted clients for ``field``'s
+    scope (or usage group) and minute."""
+    seen.setdefault((field.scope, field.minute, field.group), set()).add(shard)
+
+
+def _log_key(prefix: str, shard: int, seen_key: tuple) -> str:
+    scope, minute, group = seen_key
+    return usage.hll_key(prefix, shard, minute, scope, group=group)
 
 
 def merged_key(prefix: str, period: str, start: int, scope: str) -> str:
@@ -133,11 +140,12 @@ def merge(client, prefix: str, seen: Seen) -> tuple[list[DistinctCount], int]:
 
 
 def _read_shard_logs(client, prefix: str, seen: Seen) -> dict[tuple, list[bytes]]:
-    """The raw value of every shard HyperLogLog named in ``seen`` (if any)."""
+    """The raw value of every shard HyperLogLog named in ``seen`` (if any),
+    by (scope, minute): a usage group's goes to each of its scopes."""
     names = [
-        (group, usage.hll_key(prefix, shard, group[1], group[0]))
-        for group in sorted(seen)
-        for shard in sorted(seen[group])
+        (seen_key, _log_key(prefix, shard, seen_key))
+        for seen_key in sorted(seen)
+        for shard in sorted(seen[seen_key])
     ]
     blobs: dict[tuple, list[bytes]] = defaultdict(list)
     for start in range(0, len(names), KEYS_PER_READ):
@@ -145,7 +153,7 @@ def _read_shard_logs(client, prefix: str, seen: Seen) -> dict[tuple, list[bytes]
         pipe = client.pipeline(transaction=False)
         for _, key in chunk:
             pipe.get(key)
-        for (group, key), value in zip(
+        for ((scope, minute, group), key), value in zip(
             chunk, pipe.execute(raise_on_error=False), strict=True
         ):
             if isinstance(value, ResponseError):
@@ -153,7 +161,9 @@ def _read_shard_logs(client, prefix: str, seen: Seen) -> dict[tuple, list[bytes]
             elif isinstance(value, Exception):
                 raise value
             elif value is not None:
-                blobs[group].append(value)
+                members = scope.split(usage.GROUP_SEPARATOR) if group else [scope]
+                for member in members:
+                    blobs[(member, minute)].append(value)
     return blobs
 
 
@@ -187,8 +197,8 @@ def forget(client, prefix: str, seen: Seen, current_minute: int) -> None:
     them (one minute of margin for clocks of cluster nodes): nothing can
     add to them, and their clients are merged. Others expire by TTL."""
     pipe = client.pipeline(transaction=False)
-    for (scope, minute), shards in seen.items():
-        if minute < current_minute - 1:
+    for seen_key, shards in seen.items():
+        if seen_key[1] < current_minute - 1:
             for shard in shards:
-                pipe.delete(usage.hll_key(prefix, shard, minute, scope))
+                pipe.delete(_log_key(prefix, shard, seen_key))
     pipe.execute()

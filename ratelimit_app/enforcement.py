@@ -278,12 +278,12 @@ def check(
 async def acheck(
     request, policies, cost=None, *, consume: bool = True, lane: bool = True
 ) -> Outcome:
-    """The async twin; only reading request.user hops to a thread. Only the
-    leased lane: the called lane's script call is sync."""
+    """The async twin; only reading request.user hops to a thread (so the
+    lanes are not taken when a key reads it)."""
     if lane and consume and cost is None and not needs_user(policies):
-        outcome = lanes.admit(request, policies)
+        outcome = await lanes.arun(request, policies)
         if outcome is not None:
-            return outcome
+            return report(request, outcome)
     if needs_user(policies) or callable(cost):
         applied, items = await sync_to_async(build_rules)(request, policies, cost)
     else:

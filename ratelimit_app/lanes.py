@@ -91,6 +91,11 @@ class Plan:
         cannot decide it (nothing taken, nothing asked)."""
         return self.admit(request) if self.leased else self.decide(request)
 
+    async def arun(self, request) -> Outcome | None:
+        """The asyncio twin of ``run``; the caller makes sure no identity
+        reads ``request.user`` (``reads_user``), which is sync."""
+        return self.admit(request) if self.leased else await self.adecide(request)
+
     def admit(self, request) -> Outcome | None:
         """The request's outcome, every policy admitted from a live lease, or
         None with nothing taken (leased plans only)."""
@@ -123,6 +128,18 @@ class Plan:
             return (self._identify[0](request),) * len(self._spread)
         values = [identify(request) for identify in self._identify]
         return tuple([values[index] for index in self._spread])
+
+    async def adecide(self, request) -> Outcome | None:
+        """The asyncio twin of ``decide``."""
+        identities = self._identities(request)
+        engine = limiter.default_limiter()
+        found = self._calls.get(identities)
+        if found is None or found[0] is not engine:
+            found = self._prepare(engine, identities)
+            if found is None:
+                return None
+        decisions = await engine.adecide_prepared(found[1], found[2], self.fail_modes)
+        return self._outcome(decisions)
 
     def _outcome(self, decisions) -> Outcome:
         outcome = Outcome(list(self.policies), decisions, list(self.specs))
@@ -183,6 +200,13 @@ def run(request, policies: Sequence) -> Outcome | None:
     when the policies have no plan or the lane cannot decide."""
     plan = plan_for(policies)
     return None if plan is None else plan.run(request)
+
+
+async def arun(request, policies: Sequence) -> Outcome | None:
+    """The asyncio twin of ``run``, for policies whose keys do not read
+    ``request.user``."""
+    plan = plan_for(policies)
+    return None if plan is None else await plan.arun(request)
 
 
 def plan_for(policies: Sequence) -> Plan | None:

@@ -54,6 +54,10 @@ class RuleSpec:
     shadow: bool
     lease: bool = False
 
+    @property
+    def cost(self) -> int:
+        return self.argv[4]  # see rule_spec
+
 
 @dataclass(slots=True)
 class Prepared:
@@ -207,6 +211,7 @@ class Limiter:
         "lease" mode) gives each rule's units wanted."""
         bases: dict[Identity, str] = {}
         keys, args, algorithms = [], self._header(mode), set()
+        header = len(args)
         for spec, identity in items:
             base = bases.get(identity)
             if base is None:
@@ -224,7 +229,10 @@ class Limiter:
             )
         if self.usage_ttl:  # the first rule's shard counts the call's usage
             keys.append(usage.live_key_of(keys[0]))
-        return script_for(frozenset(algorithms), _kind(mode, len(items))), keys, args
+        kind = _kind(mode, len(items))
+        if kind != "single":  # the driver's ARGV has the usage group
+            args.insert(header, _usage_group(items, mode))
+        return script_for(frozenset(algorithms), kind), keys, args
 
     def prepared(self, items: Sequence[tuple[RuleSpec, Identity]], mode: str):
         """``pack`` as a ``Prepared`` call, memoised unless a test clock runs."""
@@ -326,6 +334,16 @@ class Limiter:
             fail_mode,
             self.breaker,
         )
+
+    async def adecide_prepared(
+        self, items, call: Prepared, fail_mode: FailMode = None
+    ) -> list[Decision]:
+        """The asyncio twin of ``decide_prepared``."""
+
+        async def ask() -> list[Decision]:
+            return (await self._aask(self.async_client, call, items, "hit"))[0]
+
+        return await fallback.aguard(ask, items, "hit", fail_mode, self.breaker)
 
     def from_leases(self, items) -> list[Decision] | None:
         """Every rule admitted from this process's leases, or None (nothing
@@ -689,6 +707,16 @@ def _kind(mode: str, rules: int) -> str:
 
 def _reply_fields(mode: str) -> int:
     return LEASE_REPLY_FIELDS if mode == "lease" else REPLY_FIELDS
+
+
+def _usage_group(items: Sequence[tuple[RuleSpec, Identity]], mode: str) -> str:
+    """The usage group of a hit (see usage.py): its rules share one identity
+    and cost 1 each; else "" (each rule counts its own usage)."""
+    if mode != "hit" or _several_identities(items):
+        return ""
+    if any(spec.cost != 1 for spec, _ in items):
+        return ""
+    return usage.usage_group([spec.scope for spec, _ in items])
 
 
 def _all_leased(items: Sequence[tuple[RuleSpec, Identity]]) -> bool:

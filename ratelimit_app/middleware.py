@@ -56,19 +56,22 @@ class RateLimitMiddleware:
             return await self.get_response(request)
         policies = await aget_policies()
         plan = lane_plan(request, policies)
-        # The leased lane only (the called lane's script call is sync), and
-        # not when a key reads request.user (sync too).
-        if plan is not None and plan.leased and not plan.reads_user:
-            outcome = plan.admit(request)
+        if plan is not None and not plan.reads_user:  # request.user is sync
+            outcome = await plan.arun(request)
             if outcome is not None:
-                record_planned(request, plan, outcome)
-                return apply_headers(await self.get_response(request), outcome)
+                return await self.arespond(
+                    request, record_planned(request, plan, outcome)
+                )
         outcome = None
         policies = routed_policies(request, policies)
         if policies:
             outcome = record(
                 request, await acheck(request, policies, lane=plan is None)
             )
-            if outcome.blocked:
-                return blocked_response(request, outcome)
+        return await self.arespond(request, outcome)
+
+    async def arespond(self, request, outcome):
+        """The asyncio twin of ``respond``."""
+        if outcome is not None and outcome.blocked:
+            return blocked_response(request, outcome)
         return apply_headers(await self.get_response(request), outcome)

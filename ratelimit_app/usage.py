@@ -11,14 +11,20 @@ Cluster). Its fields are ``<minute>|<scope>|<metric>``:
 * ``metric``: one of ``METRICS``, or ``u`` (an admission of cost 1: allowed
   and cost both grow by its value);
 
-and their values are integers written with ``HINCRBY``. Every write also sets
+and their values are integers written with ``HINCRBY``. A decision call
+whose rules share one identity and cost 1 each, all admitted, counts once for
+them all: metric ``g`` (a ``u`` for each scope of the group), whose ``scope``
+is a usage group: the scopes joined by ``GROUP_SEPARATOR``, which the drain
+splits (only for ``g``: a scope on its own may hold the separator). Every write also sets
 the hash's TTL (``USAGE_TTL``), so counters nobody drains expire.
 
 Beside it, in the same slot:
 
 * ``<prefix>{s<N>}:usage:hll:<minute>|<scope>``: a HyperLogLog of the identity
   digests that made a decision under the scope in that minute (distinct
-  clients; they do not add up, so the drain merges them, see aggregation);
+  clients; they do not add up, so the drain merges them, see aggregation and
+  distinct); ``...:usage:hllg:<minute>|<group>`` the same for a usage group,
+  which the drain merges into each of its scopes;
 * ``<prefix>{s<N>}:usage:top``: a sorted set of denials per
   ``<minute>|<digest>|<label>|<scope>`` member (top offenders), capped at
   ``USAGE_OFFENDERS_PER_SHARD`` members by dropping the lowest.
@@ -47,7 +53,9 @@ COUNTS = tuple(METRICS.values())
 # "cost": one HINCRBY per decision instead of two (costlier admissions still
 # write "a" and "c").
 UNIT = "u"
-FIELD_CODES = (*METRICS, UNIT)
+# "g": a "u" for every scope of a usage group (see the module docstring).
+GROUP_UNIT = "g"
+FIELD_CODES = (*METRICS, UNIT, GROUP_UNIT)
 
 # The largest minute a datetime can hold (9999-12-31 23:59 UTC).
 MAX_MINUTE = 4_223_371_679
@@ -56,6 +64,10 @@ MAX_SCOPE_LENGTH = 255
 # Identity digests (22 characters today) and labels, as UsageOffender stores them.
 MAX_IDENTITY_LENGTH = 32
 MAX_LABEL_LENGTH = 64
+
+# Joins the scopes of a usage group (see the module docstring); a scope
+# holding it is always counted on its own.
+GROUP_SEPARATOR = "\x1f"
 
 _COUNT_RE = re.compile(rb"\d{1,19}")
 _MAX_COUNT = 2**63 - 1
@@ -125,9 +137,12 @@ def batches_key(prefix: str, shard: int) -> str:
     return f"{shard_tag(prefix, shard)}:usage:batches"
 
 
-def hll_key(prefix: str, shard: int, minute: int, scope: str) -> str:
-    """A shard's distinct clients of one scope in one minute."""
-    return f"{live_key(prefix, shard)}:hll:{minute}|{scope}"
+def hll_key(
+    prefix: str, shard: int, minute: int, scope: str, *, group: bool = False
+) -> str:
+    """A shard's distinct clients of one scope (or usage group) in one minute."""
+    kind = "hllg" if group else "hll"
+    return f"{live_key(prefix, shard)}:{kind}:{minute}|{scope}"
 
 
 def top_key(prefix: str, shard: int) -> str:
@@ -138,6 +153,14 @@ def top_key(prefix: str, shard: int) -> str:
 def batch_top_key(prefix: str, shard: int, batch_id: str) -> str:
     """A live offenders set after the drain renamed it with its batch."""
     return f"{batch_key(prefix, shard, batch_id)}:top"
+
+
+def usage_group(scopes: list[str]) -> str:
+    """The usage group of a call's scopes (two or more, none holding the
+    separator), or "" when they are counted one by one."""
+    if len(scopes) < 2 or any(GROUP_SEPARATOR in scope for scope in scopes):
+        return ""
+    return GROUP_SEPARATOR.join(scopes)
 
 
 def encode_field(minute: int, scope: str, metric: str) -> str:
@@ -151,8 +174,14 @@ def encode_field(minute: int, scope: str, metric: str) -> str:
 @dataclass(frozen=True, slots=True)
 class UsageField:
     minute: int
-    scope: str
-    metric: str  # the model field name, e.g. "allowed"; "unit" for "u"
+    scope: str  # a scope, or a usage group (``group``)
+    metric: str  # the model field name, e.g. "allowed"; "unit" for "u" and "g"
+    group: bool = False
+
+    @property
+    def scopes(self) -> list[str]:
+        """The scopes its value counts for (each scope of a usage group)."""
+        return self.scope.split(GROUP_SEPARATOR) if self.group else [self.scope]
 
     @property
     def counts(self) -> tuple[str, ...]:
@@ -184,9 +213,17 @@ def parse_field(field: bytes | str) -> UsageField:
         raise ValueError(f"minute out of range: {text!r}")
     if metric not in FIELD_CODES:
         raise ValueError(f"unknown metric {metric!r}: {text!r}")
+    group = metric == GROUP_UNIT
+    parsed = UsageField(int(minute), scope, METRICS.get(metric, "unit"), group)
+    for member in parsed.scopes:
+        check_scope(member)
+    return parsed
+
+
+def check_scope(scope: str) -> None:
+    """``ValueError`` unless the scope fits the stats tables."""
     if not scope or len(scope) > MAX_SCOPE_LENGTH or "\x00" in scope:
         raise ValueError(f"scope empty, NUL or over {MAX_SCOPE_LENGTH} characters")
-    return UsageField(int(minute), scope, METRICS.get(metric, "unit"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +247,7 @@ def parse_offence(member: bytes | str) -> Offence:
         raise ValueError(f"bad identity: {text!r}")
     if len(label) > MAX_LABEL_LENGTH:
         raise ValueError(f"label over {MAX_LABEL_LENGTH} characters: {text!r}")
-    if not scope or len(scope) > MAX_SCOPE_LENGTH or "\x00" in scope:
-        raise ValueError(f"scope empty, NUL or over {MAX_SCOPE_LENGTH} characters")
+    check_scope(scope)
     return Offence(int(minute), identity, label, scope)
 
 

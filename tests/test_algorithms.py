@@ -218,6 +218,8 @@ def _run(limiter, redis_client, rule, mode, kind):
 
     script, keys, args = limiter.pack(limiter_module._items([rule]), mode)
     script = script_for(frozenset((rule.algorithm,)), kind)
+    if kind == "driver":  # the driver's ARGV has a usage group after the header
+        args.insert(4, "")
     return run_script(redis_client, script, keys, args), keys
 
 

@@ -306,3 +306,16 @@ def test_a_decorated_view_decides_its_plain_policy_in_the_called_lane_too(
     assert [r.status_code for r in answered] == [200, 200, 429]
     assert all(from_the_lane(r) for r in answered)
     assert answered[-1]["RateLimit"] == '"code-limited";r=0;t=60'
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_async_requests_take_the_called_lane_and_its_denials_block(
+    async_client, calls
+):
+    with policies(plain("called-async", rate="3/h", path="/async/")):
+        answered = [await async_client.get("/async/") for _ in range(5)]
+    assert [r.status_code for r in answered] == [200, 200, 200, 429, 429]
+    assert all(from_the_lane(r) for r in answered)
+    assert answered[2]["RateLimit"] == '"called-async";r=0;t=3600'
+    assert int(answered[-1]["Retry-After"]) >= 1
+    assert 4 <= len(calls) <= 5  # the last denial may come from the deny cache

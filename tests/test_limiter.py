@@ -191,10 +191,24 @@ def test_the_script_counts_usage_per_policy_and_minute(limiter, redis_client, cl
     minute = clock() // 60000
     counts = {k.decode(): int(v) for k, v in redis_client.hgetall(usage_key).items()}
     assert counts == {
-        f"{minute}|enforced|u": 2,  # "u": an admission of cost 1 (allowed + cost)
-        f"{minute}|enforced|b": 1,
-        f"{minute}|watched|u": 1,  # the shadow rule consumed with the first
+        # The first call admitted both rules (one identity, cost 1): one "g",
+        # a "u" (an admission of cost 1: allowed and cost) for each of both.
+        f"{minute}|enforced\x1fwatched|g": 1,
+        f"{minute}|enforced|u": 1,  # the 2nd: the shadow rule would block
+        f"{minute}|enforced|b": 1,  # the 3rd: blocked
         f"{minute}|watched|s": 2,  # it would have blocked the 2nd and the 3rd
+    }
+    per_scope: dict = {}
+    for field, value in counts.items():
+        parsed = usage.parse_field(field)
+        for scope in parsed.scopes:
+            per_scope[scope, parsed.metric] = per_scope.get((scope, parsed.metric), 0)
+            per_scope[scope, parsed.metric] += value
+    assert per_scope == {
+        ("enforced", "unit"): 2,
+        ("enforced", "blocked"): 1,
+        ("watched", "unit"): 1,
+        ("watched", "shadow_blocked"): 2,
     }
 
 

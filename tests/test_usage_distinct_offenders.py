@@ -345,3 +345,126 @@ def test_stats_top_offenders_sums_hours_and_ranks(counting, clock):
         until=usage.minute_start(START_MINUTE + 60),
     )
     assert [(o.label, o.blocked) for o in first_hour] == [("user 2", 4), ("user 1", 2)]
+
+
+# -- usage groups: one count for a call's scopes --------------------------------------
+
+
+def hit_together(limiter, scopes, clients, rate="1000/h", cost=1, identity=None):
+    """One call per client over every scope (all-or-nothing)."""
+    from ratelimit_app.types import Rule
+
+    for client in clients:
+        rules = [
+            Rule(scope, identity or client, rate, "fixed_window", cost=cost)
+            for scope in scopes
+        ]
+        limiter.hit_many(rules)
+
+
+def minute_totals(scope: str) -> dict[str, int]:
+    """The drained minute rows of a scope, summed (the minutes are long past
+    for ``stats.totals``, which reads hours and days there)."""
+    rows = UsageMinute.objects.filter(policy=scope)
+    return {name: sum(getattr(r, name) for r in rows) for name in usage.COUNTS}
+
+
+def live_fields(redis_client) -> list[str]:
+    return [
+        field.decode()
+        for key in usage_keys(redis_client, ":usage")
+        if redis_client.type(key) == b"hash"
+        for field in redis_client.hkeys(key)
+    ]
+
+
+def test_a_call_admitted_for_every_scope_counts_once_for_the_group(
+    counting, clock, redis_client
+):
+    scopes = ["grp-a", "grp-b", "grp-c"]
+    hit_together(counting, scopes, [f"c{i}" for i in range(12)] * 2)  # 12 clients
+    fields = live_fields(redis_client)
+    # Every call wrote one field and one HyperLogLog for the three scopes.
+    assert {f.split("|")[1] for f in fields} == {"grp-a\x1fgrp-b\x1fgrp-c"}
+    assert {f.rsplit("|", 1)[1] for f in fields} == {"g"}
+    assert not usage_keys(redis_client, ":hll:")  # the scopes' own: none
+    groups = usage_keys(redis_client, ":hllg:")  # one per shard of a client
+    assert {key.split(b"|", 1)[1] for key in groups} == {b"grp-a\x1fgrp-b\x1fgrp-c"}
+
+    aggregation.drain_usage()
+
+    for scope in scopes:
+        totals = minute_totals(scope)
+        assert (totals["allowed"], totals["cost"], totals["blocked"]) == (24, 24, 0)
+        assert distinct_of(UsageMinute, scope) == {START_MINUTE: 12}
+
+
+def test_groups_and_single_scope_counts_add_up_and_merge_their_clients(
+    counting, clock, redis_client
+):
+    hit_together(counting, ["mix-a", "mix-b"], [f"c{i}" for i in range(10)])
+    hit_clients(counting, "mix-a", [f"c{i}" for i in range(5, 20)])  # alone
+    # mix-b's limit is 1 an hour: the group's clients come back and are denied
+    # by it, so each rule counts on its own (mix-a had room: not counted).
+    hit_together(counting, ["mix-a", "mix-b"], ["c0", "c1"], rate="1/h")
+
+    aggregation.drain_usage()
+
+    a, b = minute_totals("mix-a"), minute_totals("mix-b")
+    assert (a["allowed"], a["blocked"]) == (25, 2)
+    assert (b["allowed"], b["blocked"]) == (10, 2)
+    assert distinct_of(UsageMinute, "mix-a") == {START_MINUTE: 20}  # a union
+    assert distinct_of(UsageMinute, "mix-b") == {START_MINUTE: 10}
+
+
+@pytest.mark.parametrize(
+    ("scopes", "cost", "shared"),
+    [
+        (["sep\x1fa", "sep-b"], 1, None),  # a scope holding the separator
+        (["cost-a", "cost-b"], 2, None),  # a cost above 1 ("a" and "c" fields)
+        (["ids-a", "ids-b"], 1, "per-rule"),  # set below: two identities
+    ],
+)
+def test_calls_that_cannot_be_grouped_count_each_scope_on_its_own(
+    counting, redis_client, scopes, cost, shared
+):
+    from ratelimit_app.types import Rule
+
+    for n in range(3):
+        if shared:  # each rule its own identity
+            rules = [
+                Rule(scope, f"{scope}-{n}", "1000/h", "fixed_window")
+                for scope in scopes
+            ]
+            counting.hit_many(rules)
+        else:
+            hit_together(counting, scopes, [f"c{n}"], cost=cost)
+    written = {f.split("|", 1)[1].rsplit("|", 1)[0] for f in live_fields(redis_client)}
+    assert written == set(scopes)
+
+    aggregation.drain_usage()
+
+    for scope in scopes:
+        totals = minute_totals(scope)
+        assert (totals["allowed"], totals["cost"]) == (3, 3 * cost)
+        assert distinct_of(UsageMinute, scope) == {START_MINUTE: 3}
+
+
+def test_a_group_field_with_an_empty_scope_is_skipped_and_logged(redis_client, caplog):
+    live = usage.live_key(conf.key_prefix(), 3)
+    redis_client.hset(
+        live,
+        mapping={
+            f"{START_MINUTE}|odd-a\x1f|g": 4,  # an empty scope in the group
+            f"{START_MINUTE}|\x1f|g": 4,
+            f"{START_MINUTE}|odd-a\x1fodd-b|g": 5,
+            # Not a group: one scope that holds the separator.
+            f"{START_MINUTE}|odd-a\x1fodd-b|b": 2,
+        },
+    )
+    with caplog.at_level(logging.WARNING, "ratelimit_app"):
+        aggregation.drain_usage()
+    assert "skipped 2 unreadable field(s)" in caplog.text
+    assert minute_totals("odd-a")["allowed"] == 5
+    assert minute_totals("odd-b")["allowed"] == 5
+    assert minute_totals("odd-a\x1fodd-b")["blocked"] == 2

@@ -3,7 +3,7 @@
 --   the live usage hash of the first rule's shard (see ratelimit_app/usage.py).
 -- ARGV: mode ("hit", "peek" or "lease"), now_ms ("" = Redis TIME; a test clock passes
 --   milliseconds), usage TTL ms ("" = do not count), offenders kept per shard,
---   then 8 fields per rule: algorithm, limit, period_ms, capacity, cost,
+--   the rules' usage group ("" = none; see "Usage" below), then 8 fields per rule: algorithm, limit, period_ms, capacity, cost,
 --   shadow ("1" or "0"), scope, label (the identity as safe to display);
 --   in "lease" mode a 9th: the units wanted (0: not leased; see leases.py).
 -- Returns: {allowed (1/0), then 4 integers per rule: status, remaining,
@@ -20,6 +20,10 @@
 -- Usage (hit mode only): per rule and minute, "a" counts a consumed request,
 -- "c" its cost ("u" both, for a cost of 1: one call less), "b" a denial by this enforcing rule, "s" a shadow rule's
 -- would-be denial; a rule that had room in a blocked call counts nothing.
+-- A call whose rules share one identity and cost 1 each has a usage group
+-- (their scopes joined, from Python): when every rule is admitted, the call
+-- counts one "u" and one client under the group (count_group), which the
+-- drain adds to each scope of it: one HINCRBY and one PFADD per call.
 -- A rule that counts adds its identity digest to the (minute, scope)
 -- HyperLogLog of distinct clients (so the drain, reading the fields, learns
 -- of every HyperLogLog written); a denial adds one to the identity's score
@@ -31,12 +35,12 @@ if not now then
 end
 local mode = ARGV[1]
 local leasing = mode == 'lease'
-local FIELDS, HEADER = leasing and 9 or 8, 4
+local FIELDS, HEADER = leasing and 9 or 8, 5
 local rules = (#ARGV - HEADER) / FIELDS
 
 -- Pass 1: every rule's verdict, nothing written. Flat: 6 slots per rule.
 local verdicts = {}
-local blocked = false
+local blocked, admitted = false, true
 for i = 1, rules do
   local base = HEADER + (i - 1) * FIELDS
   local algorithm = ALGORITHMS[ARGV[base + 1]]
@@ -48,7 +52,10 @@ for i = 1, rules do
     KEYS[i], now, tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), capacity, cost)
   local status
   status, retry = status_of(ok, cost, capacity, retry)
-  if status ~= 0 and ARGV[base + 6] ~= '1' then blocked = true end
+  if status ~= 0 then
+    admitted = false
+    if ARGV[base + 6] ~= '1' then blocked = true end
+  end
   local v = (i - 1) * 6
   verdicts[v + 1], verdicts[v + 2], verdicts[v + 3] = status, available, retry
   verdicts[v + 4], verdicts[v + 5], verdicts[v + 6] = reset_now or false, reset_next, state
@@ -58,6 +65,7 @@ end
 local usage_ttl = mode ~= 'peek' and tonumber(ARGV[3])
 local usage_key = KEYS[rules + 1]
 local minute = int(math.floor(now / 60000))
+local grouped = usage_ttl and mode == 'hit' and admitted and ARGV[5] ~= ''
 
 -- Pass 2: consume from every rule that had room, only if nothing blocked.
 local consume = mode ~= 'peek' and not blocked
@@ -89,7 +97,7 @@ for i = 1, rules do
       redis.call('SET', KEYS[i], verdicts[v + 6], 'PX', verdicts[v + 5])
     end
     remaining, reset = remaining - granted, verdicts[v + 5]
-    if usage_ttl then
+    if usage_ttl and not grouped then
       count_admission(usage_key, minute, ARGV[base + 7], KEYS[i], cost, usage_ttl)
     end
   else
@@ -112,4 +120,5 @@ for i = 1, rules do
     reply[#reply + 1] = horizon
   end
 end
+if grouped then count_group(usage_key, minute, ARGV[5], KEYS[1], usage_ttl) end
 return reply

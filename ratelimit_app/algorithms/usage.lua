@@ -36,6 +36,18 @@ local function count_admission(hash, minute, scope, key, cost, ttl)
   count_client(hash, minute, scope, key, ttl)
 end
 
+-- Every rule of a call admitted at a cost of 1, all for one identity: one
+-- "g" field (a "u" for each scope of the group) and one HyperLogLog, named
+-- apart from the scopes' own, for the call's scopes together (`group`: the
+-- scopes joined by the separator of usage.py, which the drain splits).
+local function count_group(hash, minute, group, key, ttl)
+  count_usage(hash, minute, group, 'g', 1, ttl)
+  local hll = hash .. ':hllg:' .. minute .. '|' .. group
+  if redis.call('PFADD', hll, identity_of(key)) == 1 then
+    redis.call('PEXPIRE', hll, ttl)
+  end
+end
+
 -- A denial by an enforcing rule ("b") or a shadow rule's would-be denial
 -- ("s"): its client, and one more for the identity in the shard's offenders
 -- set, which drops its lowest member beyond `kept`.
