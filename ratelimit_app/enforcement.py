@@ -334,7 +334,7 @@ def record_planned(request: HttpRequest, plan: lanes.Plan, outcome: Outcome) -> 
     for decision in outcome.decisions:
         if not decision.allowed:
             return record(request, report(request, outcome))
-    metrics.record_allowed(plan.names)
+    metrics.record_allowed(plan.allowed_results)
     return attach(request, outcome)
 
 

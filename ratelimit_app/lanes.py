@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from . import conf, limiter
+from . import conf, limiter, metrics
 from .backends.topology import is_cluster
 from .headers import labels_of, state_item
 from .leases import admit_all, lease_ids, table
@@ -55,6 +55,7 @@ class Plan:
         "_lease_ids",
         "_policy_header",
         "_spread",
+        "allowed_results",
         "fail_modes",
         "leased",
         "names",
@@ -67,6 +68,7 @@ class Plan:
         self.policies = tuple(policies)
         self.leased = leased
         self.names = tuple(p.name for p in policies)
+        self.allowed_results = metrics.allowed_results(self.names)
         self.specs = tuple(p.rule_spec(NO_GROUPS) for p in policies)
         self.fail_modes = [p.fallback for p in policies]
         self.reads_user = any(p.reads_user for p in policies)

@@ -154,11 +154,16 @@ def record_decisions(outcome: Outcome) -> None:
     )
 
 
-def record_allowed(names: Sequence[str]) -> None:
-    """``record_decisions`` of an outcome whose every policy allowed (the
-    leased lane's), by policy name."""
+def allowed_results(names: Sequence[str]) -> list[tuple[str, str]]:
+    """What ``record_allowed`` counts for these policies (a lane keeps it)."""
+    return [(name, ALLOWED) for name in names]
+
+
+def record_allowed(results: list[tuple[str, str]]) -> None:
+    """``record_decisions`` of an outcome whose every policy allowed (a
+    lane's): ``allowed_results`` of its policies."""
     if counters() is not None:
-        _count([(name, ALLOWED) for name in names])
+        _count(results)
 
 
 def _count(results: list[tuple[str, str]]) -> None:

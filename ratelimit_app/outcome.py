@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from .types import Decision
 
 
-@dataclass
+@dataclass(slots=True)  # made for every limited request: slots are cheaper
 class Outcome:
     """The decisions for one request, in policy priority order."""
 

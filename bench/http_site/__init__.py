@@ -9,6 +9,8 @@ NONE = "none"
 OURS_1 = "ours-1"
 OURS_3 = "ours-3"
 OURS_LEASED = "ours-leased"
+# Our 3 policies' decision script alone, from a bare middleware (see middleware.py).
+SCRIPT_3 = "script-3"
 FLOOR = "floor"
 DJANGO_RATELIMIT = "django-ratelimit"
 SMART_RATELIMIT = "smart-ratelimit"
@@ -22,6 +24,7 @@ CONTENDERS = (
     OURS_1,
     OURS_3,
     OURS_LEASED,
+    SCRIPT_3,
     FLOOR,
     DJANGO_RATELIMIT,
     SMART_RATELIMIT,
@@ -56,6 +59,7 @@ def key_prefixes(run_prefix: str) -> dict[str, str]:
         OURS_1: f"{run_prefix}-{OURS_1}:",
         OURS_3: f"{run_prefix}-{OURS_3}:",
         OURS_LEASED: f"{run_prefix}-{OURS_LEASED}:",
+        SCRIPT_3: f"{run_prefix}-{SCRIPT_3}:",
         STORM_CACHED: f"{run_prefix}-{STORM_CACHED}:",
         STORM_UNCACHED: f"{run_prefix}-{STORM_UNCACHED}:",
         DJANGO_RATELIMIT: f"{run_prefix}-django",

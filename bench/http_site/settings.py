@@ -21,9 +21,11 @@ from bench.http_site import (
     DRF_THROTTLE,
     FLOOR,
     OUR_POLICIES,
+    OURS_3,
     OURS_LEASED,
     POLICY_PATH,
     RATE,
+    SCRIPT_3,
     SHARED_KEY,
     SMART_RATELIMIT,
     STORM_RATE,
@@ -98,6 +100,13 @@ def our_policies(contender: str) -> list[dict]:
 MIDDLEWARE = []
 if BENCH_CONTENDER == FLOOR:
     MIDDLEWARE = ["bench.http_site.middleware.FloorMiddleware"]
+elif BENCH_CONTENDER == SCRIPT_3:  # ours-3's policies, their script alone
+    MIDDLEWARE = ["bench.http_site.middleware.ScriptMiddleware"]
+    RATELIMIT = {
+        "REDIS_URL": REDIS_URL,
+        "KEY_PREFIX": KEY_PREFIXES[SCRIPT_3],
+        "POLICIES": our_policies(OURS_3),
+    }
 elif BENCH_CONTENDER in OUR_POLICIES:
     MIDDLEWARE = ["ratelimit_app.middleware.RateLimitMiddleware"]
     RATELIMIT = {
