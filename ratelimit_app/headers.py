@@ -57,8 +57,9 @@ def _policy_item(
 
 
 def whole_seconds(seconds: float) -> int:
-    """Round up, so a client never retries before it can pass."""
-    return math.ceil(round(seconds, 3))
+    """Round up, so a client never retries before it can pass; from whole
+    milliseconds (times are whole ms: ``1.0000000001`` is 1, not 2)."""
+    return -(-round(seconds * 1000) // 1000)
 
 
 def ratelimit_headers(outcome: Outcome) -> dict[str, str]:

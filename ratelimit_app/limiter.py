@@ -384,13 +384,13 @@ class Limiter:
             return local, None
         reply = run_script(client, script, keys, args, call)
         decisions = to_decisions(items, reply, fields)
-        if self.deny.known(self.epoch_key):
-            self.deny.remember(items, keys, decisions, started, self.epoch_key)
-        elif not all(d.allowed for d in decisions):
-            # The first denial: read the epoch, so the next one can be kept.
-            with contextlib.suppress(RedisError):
-                epoch = client.get(self.epoch_key)
-                self.deny.observe(self.epoch_key, epoch, deny_cache.now_ms())
+        if _denied(decisions):  # only denials are kept
+            if self.deny.known(self.epoch_key):
+                self.deny.remember(items, keys, decisions, started, self.epoch_key)
+            else:  # the first denial: read the epoch, so the next can be kept
+                with contextlib.suppress(RedisError):
+                    epoch = client.get(self.epoch_key)
+                    self.deny.observe(self.epoch_key, epoch, deny_cache.now_ms())
         return decisions, reply
 
     def _leased_call(self, client, items, keys) -> list[Decision]:
@@ -563,12 +563,13 @@ class Limiter:
             return local, None
         reply = await arun_script(client, script, keys, args)
         decisions = to_decisions(items, reply, fields)
-        if self.deny.known(self.epoch_key):
-            self.deny.remember(items, keys, decisions, started, self.epoch_key)
-        elif not all(d.allowed for d in decisions):
-            with contextlib.suppress(RedisError):
-                epoch = await client.get(self.epoch_key)
-                self.deny.observe(self.epoch_key, epoch, deny_cache.now_ms())
+        if _denied(decisions):  # only denials are kept
+            if self.deny.known(self.epoch_key):
+                self.deny.remember(items, keys, decisions, started, self.epoch_key)
+            else:  # the first denial: read the epoch, so the next can be kept
+                with contextlib.suppress(RedisError):
+                    epoch = await client.get(self.epoch_key)
+                    self.deny.observe(self.epoch_key, epoch, deny_cache.now_ms())
         return decisions, reply
 
     async def _aleased_call(self, client, items, keys) -> list[Decision]:
@@ -675,7 +676,8 @@ def to_decision(
 ):
     """Rule ``index`` of the driver's flat reply as a Decision."""
     offset = 1 + index * fields
-    status, remaining, reset_ms, retry_ms = reply[offset : offset + REPLY_FIELDS]
+    status, remaining = reply[offset], reply[offset + 1]
+    reset_ms, retry_ms = reply[offset + 2], reply[offset + 3]
     return Decision(
         status == 0 or status == 2,
         capacity,
@@ -696,6 +698,14 @@ def to_decisions(
         to_decision(reply, index, spec.capacity, spec.scope, spec.shadow, fields)
         for index, (spec, _) in enumerate(items)
     ]
+
+
+def _denied(decisions: list[Decision]) -> bool:
+    """True when some rule denied (a loop: asked for every decision call)."""
+    for decision in decisions:  # noqa: SIM110
+        if not decision.allowed:
+            return True
+    return False
 
 
 def _kind(mode: str, rules: int) -> str:

@@ -124,7 +124,8 @@ _UNSUPPORTED = ("unknown command", "noperm")
 def uses_functions(client) -> bool:
     """Whether decisions on this client FCALL (else EVALSHA)."""
     pool = direct.pool_of(client)
-    return pool is not None and pool not in _without_functions
+    # Membership of a WeakSet runs Python code: asked only once one exists.
+    return pool is not None and not (_without_functions and pool in _without_functions)
 
 
 def _cannot_run_functions(client, exc: ResponseError) -> bool:
