@@ -114,15 +114,30 @@ class Plan:
         """The request's outcome from one engine call, prepared once per
         identity (plans that do not lease); None when this limiter cannot
         keep a call prepared (see ``_prepare``)."""
+        found = self._call_of(request)
+        if found is None:
+            return None
+        engine, items, call = found
+        return self._outcome(engine.decide_prepared(items, call, self.fail_modes))
+
+    async def adecide(self, request) -> Outcome | None:
+        """The asyncio twin of ``decide``."""
+        found = self._call_of(request)
+        if found is None:
+            return None
+        engine, items, call = found
+        decisions = await engine.adecide_prepared(items, call, self.fail_modes)
+        return self._outcome(decisions)
+
+    def _call_of(self, request) -> tuple | None:
+        """(limiter, items, prepared call) of the request's identities, kept
+        per identity for the current limiter (see ``_prepare``)."""
         identities = self._identities(request)
         engine = limiter.default_limiter()
         found = self._calls.get(identities)
         if found is None or found[0] is not engine:
             found = self._prepare(engine, identities)
-            if found is None:
-                return None
-        decisions = engine.decide_prepared(found[1], found[2], self.fail_modes)
-        return self._outcome(decisions)
+        return found
 
     def _identities(self, request) -> tuple:
         """Each policy's identity of the request, in policy order."""
@@ -130,18 +145,6 @@ class Plan:
             return (self._identify[0](request),) * len(self._spread)
         values = [identify(request) for identify in self._identify]
         return tuple([values[index] for index in self._spread])
-
-    async def adecide(self, request) -> Outcome | None:
-        """The asyncio twin of ``decide``."""
-        identities = self._identities(request)
-        engine = limiter.default_limiter()
-        found = self._calls.get(identities)
-        if found is None or found[0] is not engine:
-            found = self._prepare(engine, identities)
-            if found is None:
-                return None
-        decisions = await engine.adecide_prepared(found[1], found[2], self.fail_modes)
-        return self._outcome(decisions)
 
     def _outcome(self, decisions) -> Outcome:
         outcome = Outcome(list(self.policies), decisions, list(self.specs))
