@@ -1,8 +1,9 @@
 """Distinct clients: the shards' minute HyperLogLogs merged at drain time.
 
 The decision script adds identity digests to one HyperLogLog per shard, scope
-(or usage group: several scopes, each merging it) and minute (see usage.py). Counts of distinct clients do not add up across
-shards, minutes or hours, so the drain merges instead of adding: it copies
+(or usage group: several scopes, each merging it) and minute (see usage.py).
+Counts of distinct clients do not add up across shards, minutes or hours, so
+the drain merges instead of adding: it copies
 each shard's HyperLogLog into one slot (Redis Cluster cannot merge across
 slots), PFMERGEs it into the scope's merged minute, hour and day
 HyperLogLogs, and stores their PFCOUNT. A union is idempotent, so a drain
@@ -161,8 +162,7 @@ def _read_shard_logs(client, prefix: str, seen: Seen) -> dict[tuple, list[bytes]
             elif isinstance(value, Exception):
                 raise value
             elif value is not None:
-                members = scope.split(usage.GROUP_SEPARATOR) if group else [scope]
-                for member in members:
+                for member in usage.scopes_of(scope, group=group):
                     blobs[(member, minute)].append(value)
     return blobs
 

@@ -331,9 +331,8 @@ def record(request: HttpRequest, outcome: Outcome) -> Outcome:
 def record_planned(request: HttpRequest, plan: lanes.Plan, outcome: Outcome) -> Outcome:
     """``record`` of an outcome of ``plan``'s lane; one whose every policy
     allowed is counted by policy name and has nothing to report."""
-    for decision in outcome.decisions:
-        if not decision.allowed:
-            return record(request, report(request, outcome))
+    if limiter.any_denied(outcome.decisions):
+        return record(request, report(request, outcome))
     metrics.record_allowed(plan.allowed_results)
     return attach(request, outcome)
 

@@ -384,7 +384,7 @@ class Limiter:
             return local, None
         reply = run_script(client, script, keys, args, call)
         decisions = to_decisions(items, reply, fields)
-        if _denied(decisions):  # only denials are kept
+        if any_denied(decisions):  # only denials are kept
             if self.deny.known(self.epoch_key):
                 self.deny.remember(items, keys, decisions, started, self.epoch_key)
             else:  # the first denial: read the epoch, so the next can be kept
@@ -563,7 +563,7 @@ class Limiter:
             return local, None
         reply = await arun_script(client, script, keys, args)
         decisions = to_decisions(items, reply, fields)
-        if _denied(decisions):  # only denials are kept
+        if any_denied(decisions):  # only denials are kept
             if self.deny.known(self.epoch_key):
                 self.deny.remember(items, keys, decisions, started, self.epoch_key)
             else:  # the first denial: read the epoch, so the next can be kept
@@ -700,7 +700,7 @@ def to_decisions(
     ]
 
 
-def _denied(decisions: list[Decision]) -> bool:
+def any_denied(decisions: list[Decision]) -> bool:
     """True when some rule denied (a loop: asked for every decision call)."""
     for decision in decisions:  # noqa: SIM110
         if not decision.allowed:

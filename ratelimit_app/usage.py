@@ -181,12 +181,17 @@ class UsageField:
     @property
     def scopes(self) -> list[str]:
         """The scopes its value counts for (each scope of a usage group)."""
-        return self.scope.split(GROUP_SEPARATOR) if self.group else [self.scope]
+        return scopes_of(self.scope, group=self.group)
 
     @property
     def counts(self) -> tuple[str, ...]:
         """The model fields its value adds to."""
         return ("allowed", "cost") if self.metric == "unit" else (self.metric,)
+
+
+def scopes_of(scope: str, *, group: bool) -> list[str]:
+    """The scopes a field's (or HyperLogLog's) scope part stands for."""
+    return scope.split(GROUP_SEPARATOR) if group else [scope]
 
 
 def minute_start(minute: int) -> datetime:

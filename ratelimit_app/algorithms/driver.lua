@@ -3,8 +3,9 @@
 --   the live usage hash of the first rule's shard (see ratelimit_app/usage.py).
 -- ARGV: mode ("hit", "peek" or "lease"), now_ms ("" = Redis TIME; a test clock passes
 --   milliseconds), usage TTL ms ("" = do not count), offenders kept per shard,
---   the rules' usage group ("" = none; see "Usage" below), then 8 fields per rule: algorithm, limit, period_ms, capacity, cost,
---   shadow ("1" or "0"), scope, label (the identity as safe to display);
+--   the rules' usage group ("" = none; see "Usage" below), then 8 fields per
+--   rule: algorithm, limit, period_ms, capacity, cost, shadow ("1" or "0"),
+--   scope, label (the identity as safe to display);
 --   in "lease" mode a 9th: the units wanted (0: not leased; see leases.py).
 -- Returns: {allowed (1/0), then 4 integers per rule: status, remaining,
 --   reset_after_ms, retry_after_ms (-1 = never)}; in "lease" mode 3 more per
@@ -22,7 +23,7 @@
 -- would-be denial; a rule that had room in a blocked call counts nothing.
 -- A call whose rules share one identity and cost 1 each has a usage group
 -- (their scopes joined, from Python): when every rule is admitted, the call
--- counts one "u" and one client under the group (count_group), which the
+-- counts one "g" and one client for the group (count_group), which the
 -- drain adds to each scope of it: one HINCRBY and one PFADD per call.
 -- A rule that counts adds its identity digest to the (minute, scope)
 -- HyperLogLog of distinct clients (so the drain, reading the fields, learns
