@@ -57,9 +57,12 @@ def _policy_item(
 
 
 def whole_seconds(seconds: float) -> int:
-    """Round up, so a client never retries before it can pass; from whole
-    milliseconds (times are whole ms: ``1.0000000001`` is 1, not 2)."""
-    return -(-round(seconds * 1000) // 1000)
+    """Round up, so a client never retries before it can pass; from the
+    nearest whole millisecond (half up), so float noise such as
+    ``1.0000000001`` is 1, not 2. Integer arithmetic: ``round(x, 3)``
+    formats through decimal strings, and this runs per limited response."""
+    milliseconds = int(seconds * 1000 + 0.5)
+    return -(-milliseconds // 1000)
 
 
 def ratelimit_headers(outcome: Outcome) -> dict[str, str]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import pytest
 from django.contrib.auth.models import Group
 
-from ratelimit_app.headers import add_missing
+from ratelimit_app.headers import add_missing, whole_seconds
 from ratelimit_app.models import Exemption, Policy, Tier
 from ratelimit_app.signals import rate_limited
 from ratelimit_app.snapshot import policy_by_name
@@ -479,3 +480,28 @@ def test_an_exemption_for_one_address_matches_that_client_not_its_group(
     neighbour = {"REMOTE_ADDR": "2001:db8::6"}  # same /64, not exempt
     assert statuses(client, "/plain/", 3, **exempt) == [200] * 3
     assert statuses(client, "/plain/", 2, **neighbour) == [200, 429]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "whole"),
+    [
+        (0, 0),
+        (0.0004, 0),  # under half a millisecond: float noise, not time
+        (0.0005, 1),  # half a millisecond and more: a millisecond to wait
+        (0.001, 1),
+        (1.0, 1),
+        (1.0000000001, 1),
+        (2.9999999, 3),
+        (1.001, 2),
+        (16.4, 17),
+        (3600, 3600),
+    ],
+)
+def test_whole_seconds_round_up_from_the_nearest_millisecond(seconds, whole):
+    assert whole_seconds(seconds) == whole
+
+
+def test_whole_seconds_of_every_millisecond_is_its_ceiling_in_seconds():
+    """Reset and retry times are whole milliseconds divided by 1000."""
+    for ms in range(0, 200_000, 7):
+        assert whole_seconds(ms / 1000) == math.ceil(ms / 1000), ms
