@@ -68,7 +68,7 @@ def whole_seconds(seconds: float) -> int:
 def ratelimit_headers(outcome: Outcome) -> dict[str, str]:
     """Headers for every enforcing policy that matched (shadow ones are silent)."""
     # Plain loops and a cache by rule: this runs on every limited response.
-    if outcome.headers is not None:  # the leased lane built them
+    if outcome.headers is not None:  # a lane built them (see lanes)
         return outcome.headers
     if len(outcome.decisions) == 1 and not conf.get("LEGACY_HEADERS"):
         return _one_policy(outcome.policies[0], outcome.decisions[0], outcome.specs[0])

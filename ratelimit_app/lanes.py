@@ -58,7 +58,6 @@ class Plan:
         "allowed_results",
         "fail_modes",
         "leased",
-        "names",
         "policies",
         "reads_user",
         "specs",
@@ -67,8 +66,7 @@ class Plan:
     def __init__(self, policies: Sequence, *, leased: bool) -> None:
         self.policies = tuple(policies)
         self.leased = leased
-        self.names = tuple(p.name for p in policies)
-        self.allowed_results = metrics.allowed_results(self.names)
+        self.allowed_results = metrics.allowed_results([p.name for p in policies])
         self.specs = tuple(p.rule_spec(NO_GROUPS) for p in policies)
         self.fail_modes = [p.fallback for p in policies]
         self.reads_user = any(p.reads_user for p in policies)
@@ -187,17 +185,10 @@ class Plan:
 
 
 # ids of a matched policy set -> (the policies, their Plan or None when
-# some policy is not plain, or some leases and some do not). The entry holds the policies, so no
-# id of its key is reused while it is kept.
+# some policy is not plain, or some lease and some do not). The entry holds
+# the policies, so no id of its key is reused while it is kept.
 _plans: dict[tuple, tuple] = {}
 _lock = threading.Lock()
-
-
-def admit(request, policies: Sequence) -> Outcome | None:
-    """The request's outcome from the leases when its policies all lease
-    plainly and their leases cover it; else None, nothing taken."""
-    plan = plan_for(policies)
-    return plan.admit(request) if plan is not None and plan.leased else None
 
 
 def run(request, policies: Sequence) -> Outcome | None:
@@ -217,14 +208,14 @@ async def arun(request, policies: Sequence) -> Outcome | None:
 def plan_for(policies: Sequence) -> Plan | None:
     """The plan of a matched policy set; None when some policy is not plain,
     or only some lease."""
-    entry = _plans.get(tuple([id(policy) for policy in policies]))
+    key = tuple([id(policy) for policy in policies])
+    entry = _plans.get(key)
     if entry is None:
-        entry = _new_entry(policies)
+        entry = _new_entry(key, policies)
     return entry[1]
 
 
-def _new_entry(policies: Sequence) -> tuple:
-    key = tuple([id(policy) for policy in policies])
+def _new_entry(key: tuple, policies: Sequence) -> tuple:
     plan = None
     if all(p.plain_lease for p in policies):
         plan = Plan(policies, leased=True)

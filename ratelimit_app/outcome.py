@@ -19,8 +19,8 @@ class Outcome:
     decisions: list[Decision] = field(default_factory=list)
     # The rules applied (a group tier may replace a policy's own rate).
     specs: list[RuleSpec] = field(default_factory=list)
-    # The RateLimit headers, when the leased lane built them with the
-    # decisions (see lanes); else None and ``headers`` builds them.
+    # The RateLimit headers, when a lane built them with the decisions (see
+    # lanes); else None and ``headers`` builds them.
     headers: dict[str, str] | None = field(default=None, compare=False, repr=False)
 
     @property

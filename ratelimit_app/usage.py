@@ -15,8 +15,9 @@ and their values are integers written with ``HINCRBY``. A decision call
 whose rules share one identity and cost 1 each, all admitted, counts once for
 them all: metric ``g`` (a ``u`` for each scope of the group), whose ``scope``
 is a usage group: the scopes joined by ``GROUP_SEPARATOR``, which the drain
-splits (only for ``g``: a scope on its own may hold the separator). Every write also sets
-the hash's TTL (``USAGE_TTL``), so counters nobody drains expire.
+splits (only for ``g``: a scope on its own may hold the separator). Every
+write also sets the hash's TTL (``USAGE_TTL``), so counters nobody drains
+expire.
 
 Beside it, in the same slot:
 
