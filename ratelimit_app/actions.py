@@ -16,13 +16,13 @@ from django.utils import timezone, translation
 from django.utils.text import capfirst
 
 from . import limiter
-from .keys import ALGORITHM_CODES, scope_part
+from .keys import ALGORITHM_CODES, STATE_HASH_SUFFIX, hash_fields, scope_part
 from .models import Mode, Policy
 from .snapshot import store
 from .types import Identity
 
-# Keys deleted per UNLINK while resetting a whole policy.
-UNLINK_BATCH = 500
+# Commands sent per pipeline while resetting a whole policy.
+RESET_BATCH = 500
 _CODES = frozenset(ALGORITHM_CODES.values())
 
 
@@ -65,7 +65,7 @@ def log_change(user, policies: Iterable[Policy], message: str | list) -> None:
 
 
 def reset_policies(queryset, user) -> int:
-    """Forget every client's counters of each policy; return the keys deleted.
+    """Forget every client's counters of each policy; return the states deleted.
 
     The keys hold hashed identities, so there is no list of clients to walk:
     this SCANs the keyspace for the policy's keys. That is O(keyspace) work
@@ -78,22 +78,31 @@ def reset_policies(queryset, user) -> int:
         log_change(
             user,
             [policy],
-            f"Reset the counters of every client ({deleted} keys deleted).",
+            f"Reset the counters of every client ({deleted} client states deleted).",
         )
         total += deleted
     return total
 
 
-def counter_pattern(prefix: str, scope: str) -> str:
-    """The SCAN pattern of one scope's state keys (see keys.identity_base)."""
-    return f"{prefix}{{s*}}:*:{scope_part(scope)}:*"
+def counter_pattern(prefix: str) -> str:
+    """The SCAN pattern of every identity's keys (see keys.identity_base)."""
+    return f"{prefix}{{s*}}:*"
+
+
+def is_state_hash(key: str, prefix: str) -> bool:
+    """Exactly ``<prefix>{s<n>}:<digest>:state``, nothing else."""
+    parts = _parts(key, prefix)
+    return (
+        len(parts) == 3
+        and parts[0].startswith("{s")
+        and key.endswith(STATE_HASH_SUFFIX)
+    )
 
 
 def is_counter_key(key: str, prefix: str, scope: str) -> bool:
-    """Exactly ``<prefix>{s<n>}:<digest>:<scope>:<algorithm>``, nothing else."""
-    if not key.startswith(prefix):
-        return False
-    parts = key[len(prefix) :].split(":")
+    """Exactly ``<prefix>{s<n>}:<digest>:<scope>:<algorithm>`` (a key of its
+    own, see keys.OWN_KEY_ALGORITHMS), nothing else."""
+    parts = _parts(key, prefix)
     return (
         len(parts) == 4
         and parts[0].startswith("{s")
@@ -102,20 +111,31 @@ def is_counter_key(key: str, prefix: str, scope: str) -> bool:
     )
 
 
+def _parts(key: str, prefix: str) -> list[str]:
+    return key[len(prefix) :].split(":") if key.startswith(prefix) else []
+
+
 def delete_counters(scope: str) -> int:
-    """UNLINK every client's state of ``scope``, in batches; return the count."""
+    """Delete every client's state of ``scope`` (its fields in each state
+    hash, its own keys), in batches; return how many were deleted."""
     engine = limiter.default_limiter()
-    client, prefix = engine.client, engine.prefix
-    deleted, batch = 0, []
-    for raw in client.scan_iter(match=counter_pattern(prefix, scope), count=1000):
+    client, prefix, fields = engine.client, engine.prefix, hash_fields(scope)
+    deleted, pending = 0, 0
+    pipe = client.pipeline(transaction=False)
+    for raw in client.scan_iter(match=counter_pattern(prefix), count=1000):
         key = raw.decode() if isinstance(raw, bytes) else raw
-        if is_counter_key(key, prefix, scope):
-            batch.append(key)
-        if len(batch) >= UNLINK_BATCH:
-            deleted += client.unlink(*batch)
-            batch = []
-    if batch:
-        deleted += client.unlink(*batch)
+        if is_state_hash(key, prefix):
+            pipe.hdel(key, *fields)
+        elif is_counter_key(key, prefix, scope):
+            pipe.unlink(key)
+        else:
+            continue
+        pending += 1
+        if pending >= RESET_BATCH:
+            deleted += sum(pipe.execute())
+            pending = 0
+    if pending:
+        deleted += sum(pipe.execute())
     engine.forget_denials()
     return deleted
 

@@ -63,7 +63,7 @@ def identity_base(prefix: str, shards: int, secret: bytes, identity: Identity) -
     """The part of a key shared by every scope of one identity.
 
     Example: ``rl:1:{s417}:Zx3...`` — the hash tag keeps every key of the
-    identity (all scopes, all algorithms) in one Redis Cluster slot.
+    identity (its state hash, its own keys) in one Redis Cluster slot.
     """
     if _size(identity) <= _CACHED_IDENTITY_LENGTH:
         return _cached_identity_base(prefix, shards, secret, identity)
@@ -86,10 +86,35 @@ def _size(identity: Identity) -> int:
     return identity.bit_length() // 8 if isinstance(identity, int) else len(identity)
 
 
+# Algorithms whose state is not one string (a sorted set) keep a key of their
+# own; every other rule's state is a field of its identity's state hash.
+OWN_KEY_ALGORITHMS = frozenset({"sliding_window_log"})
+STATE_HASH_SUFFIX = ":state"
+# The state hash's field holding until when it lives (see prelude.lua).
+DEADLINE_FIELD = "~"
+
+
+def state_field(scope: str, algorithm: str) -> str:
+    """A rule's name within its identity: the scope and the algorithm."""
+    return f"{scope_part(scope)}:{ALGORITHM_CODES[algorithm]}"
+
+
 def key_suffix(scope: str, algorithm: str) -> str:
-    """What follows the identity base: the scope and the algorithm."""
-    return f":{scope_part(scope)}:{ALGORITHM_CODES[algorithm]}"
+    """What follows the identity base in the key holding a rule's state: the
+    state hash's suffix, or the rule's own key (``:<scope>:<algorithm>``)."""
+    if algorithm in OWN_KEY_ALGORITHMS:
+        return ":" + state_field(scope, algorithm)
+    return STATE_HASH_SUFFIX
 
 
 def rule_key(base: str, scope: str, algorithm: str) -> str:
     return base + key_suffix(scope, algorithm)
+
+
+def hash_fields(scope: str) -> list[str]:
+    """Every field one scope may hold in a state hash."""
+    return [
+        state_field(scope, algorithm)
+        for algorithm in ALGORITHM_CODES
+        if algorithm not in OWN_KEY_ALGORITHMS
+    ]

@@ -273,6 +273,7 @@ class LeaseTable:
                 capacity,
                 units,
                 lease.mark,
+                argv[7],  # the rule's field in the state hash
             ]
             try:
                 back += run_script(lease.client, script, [key], args)

@@ -22,7 +22,14 @@ from .backends.topology import is_cluster
 from .breaker import CircuitBreaker
 from .fallback import FailMode
 from .identity import display_label
-from .keys import ALGORITHM_CODES, identity_base, key_suffix, rule_key
+from .keys import (
+    OWN_KEY_ALGORITHMS,
+    hash_fields,
+    identity_base,
+    key_suffix,
+    rule_key,
+    state_field,
+)
 from .rates import Rate
 from .types import Decision, Identity, Rule, check_identity
 
@@ -108,6 +115,7 @@ def rule_spec(rule: Rule) -> RuleSpec:
         rule.cost,
         shadow,
         rule.scope,  # names the usage counters
+        state_field(rule.scope, rule.algorithm),  # its field in the state hash
     )
     return RuleSpec(
         argv,
@@ -211,18 +219,20 @@ class Limiter:
         "lease" mode) gives each rule's units wanted."""
         bases: dict[Identity, str] = {}
         keys, args, algorithms = [], self._header(mode), set()
+        states = set()  # (key, field): one per rule
         header = len(args)
         for spec, identity in items:
             base = bases.get(identity)
             if base is None:
                 base = bases[identity] = self._base(check_identity(identity))
             keys.append(base + spec.suffix)
+            states.add((base, spec.argv[7]))
             args += spec.argv
             args.append(self._label(identity))
             if wants:
                 args.append(wants[len(keys) - 1])
             algorithms.add(spec.argv[0])
-        if len(set(keys)) != len(keys):
+        if len(states) != len(keys):
             raise ValueError(
                 "Two rules in one call share scope, identity and algorithm; "
                 "give each rule its own scope."
@@ -283,8 +293,13 @@ class Limiter:
         return self._prepare_one(scope, identity, rate, algorithm, cost, burst, mode)
 
     def reset_keys(self, scope: str, identity: Identity) -> list[str]:
+        """The keys of the scope's own-key algorithms for this identity."""
         base = self._base(check_identity(identity))
-        return [rule_key(base, scope, algorithm) for algorithm in ALGORITHM_CODES]
+        return [rule_key(base, scope, algorithm) for algorithm in OWN_KEY_ALGORITHMS]
+
+    def state_hash(self, identity: Identity) -> str:
+        """The identity's state hash (see keys.key_suffix)."""
+        return rule_key(self._base(check_identity(identity)), "", "gcra")
 
     # -- sync API --------------------------------------------------------------
 
@@ -493,7 +508,9 @@ class Limiter:
 
     def reset(self, scope: str, identity: Identity) -> None:
         """Forget every algorithm's state for this scope and identity."""
-        self.client.delete(*self.reset_keys(scope, identity))
+        client = self.client
+        client.hdel(self.state_hash(identity), *hash_fields(scope))
+        client.delete(*self.reset_keys(scope, identity))
         self.forget_denials()
 
     def forget_denials(self) -> None:
@@ -660,6 +677,7 @@ class Limiter:
 
     async def areset(self, scope: str, identity: Identity) -> None:
         client = self.async_client
+        await client.hdel(self.state_hash(identity), *hash_fields(scope))
         await client.delete(*self.reset_keys(scope, identity))
         if self.deny is not None:
             await client.set(self.epoch_key, _token(), ex=deny_cache.EPOCH_TTL)

@@ -24,6 +24,9 @@ class PersistingClient:
     def delete(self, *keys):
         return self.client.delete(*keys)
 
+    def hdel(self, key, *fields):
+        return self.client.hdel(key, *fields)
+
     def evalsha(self, sha, numkeys, *keys_and_args):
         keys = [str(key) for key in keys_and_args[:numkeys]]
         pipe = self.client.pipeline(transaction=True)

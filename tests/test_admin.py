@@ -373,7 +373,7 @@ def test_reset_counters_forgets_every_client_of_the_selected_policies(admin_clie
     assert fixed.remaining == 5
     (entry,) = history(target)
     assert entry.change_message == (
-        "Reset the counters of every client (4 keys deleted)."
+        "Reset the counters of every client (4 client states deleted)."
     )
     assert history(lookalike) == []
     assert "4 counters deleted." in [str(m) for m in response.context["messages"]]

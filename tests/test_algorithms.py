@@ -249,7 +249,7 @@ def test_the_one_rule_script_decides_and_counts_as_the_driver(
             rule = Rule(kind, "client", "4/m", algorithm, cost=cost, shadow=shadow)
             reply, keys = _run(limiter, redis_client, rule, mode, kind)
             replies[kind].append(reply)
-            states[kind] = _state(redis_client, keys[0])
+            states[kind] = _state(redis_client, keys[0], kind, algorithm)
         clock.advance(7)
     assert replies["single"] == replies["driver"]
     assert states["single"] == states["driver"]
@@ -262,7 +262,10 @@ def test_the_one_rule_script_decides_and_counts_as_the_driver(
     assert counts["single"]["b"] >= 1 and counts["single"]["s"] >= 1
 
 
-def _state(redis_client, key):
+def _state(redis_client, key, scope, algorithm):
+    """A rule's state: its own sorted set, or its field of the state hash."""
+    from ratelimit_app.keys import state_field
+
     if redis_client.type(key) == b"zset":
         return redis_client.zrange(key, 0, -1, withscores=True)
-    return redis_client.get(key)
+    return redis_client.hget(key, state_field(scope, algorithm))

@@ -279,8 +279,9 @@ def test_the_called_lane_follows_a_new_key_prefix(client, redis_client):
     with policies(plain("called-prefix"), KEY_PREFIX="lanes-moved:"):
         assert client.get("/plain/").status_code == 200
         assert limiter.default_limiter().prefix.startswith("lanes-moved:")
-    moved = list(redis_client.scan_iter(match="lanes-moved:*called-prefix:gcra"))
+    moved = list(redis_client.scan_iter(match="lanes-moved:*:state"))
     assert len(moved) == 1
+    assert redis_client.hexists(moved[0], "called-prefix:gcra")
     redis_client.delete(*redis_client.scan_iter(match="lanes-moved:*"))
 
 

@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
+from ratelimit_app.keys import DEADLINE_FIELD, OWN_KEY_ALGORITHMS
 from ratelimit_app.rates import Rate
 from ratelimit_app.testing import ManualClock
 from ratelimit_app.types import ALGORITHMS, WINDOW_ALGORITHMS, Rule
@@ -301,7 +302,8 @@ def advance_ms(spec, now, period):
 
 
 def run_engine(limiter, client, algorithm, rate, burst, clock, period, steps):
-    """Play the steps; returns (t, op, cost, decision, ttl of the key)."""
+    """Play the steps; returns (t, op, cost, decision, ttl the call set on the
+    key, the state hash's deadline after it: None for a key of its own)."""
     identity = uuid.uuid4().hex
     (key,) = limiter.keys_for([_rule(identity, rate, algorithm, burst)])
     trace = []
@@ -316,7 +318,10 @@ def run_engine(limiter, client, algorithm, rate, burst, clock, period, steps):
             decision = limiter.peek(
                 SCOPE, identity, rate, algorithm=algorithm, burst=burst
             )
-        trace.append((clock(), op, cost, decision, client.ttls[key]))
+        deadline = None
+        if algorithm not in OWN_KEY_ALGORITHMS:
+            deadline = int(client.client.hget(key, DEADLINE_FIELD) or -1)
+        trace.append((clock(), op, cost, decision, client.ttls[key], deadline))
     return trace
 
 
@@ -335,7 +340,7 @@ def check_trace(algorithm, limit, period, capacity, trace):
 
     # 1. Model-free: admissions stay within the bound, denials are justified.
     log: list[tuple[int, int]] = []
-    for t, op, cost, decision, _ in trace:
+    for t, op, cost, decision, *_ in trace:
         exceed = would_exceed(algorithm, log, period, rate, capacity, t, cost)
         assert decision.allowed == (not exceed), (t, op, cost, decision, log)
         if cost > capacity:
@@ -346,7 +351,8 @@ def check_trace(algorithm, limit, period, capacity, trace):
 
     # 2. Every field against the model.
     model = MODELS[algorithm](limit, period, capacity)
-    for t, op, cost, decision, ttl in trace:
+    kept = -1  # the state hash's deadline so far
+    for t, op, cost, decision, ttl, deadline in trace:
         step = (t, op, cost, decision)
         admits = cost <= capacity and model.admits(t, cost)
         assert decision.allowed == admits, step
@@ -354,11 +360,14 @@ def check_trace(algorithm, limit, period, capacity, trace):
         if op == "hit" and admits:
             model.admit(t, cost)
             assert decision.reason == "ok", step
-            # The key lives exactly until the state is full again.
-            assert isinstance(ttl, tuple), (step, ttl)
-            assert ttl[0] <= model.reset_ms(t) <= ttl[1], (step, ttl)
+            if deadline is None:  # a key of its own lives until the state is full
+                assert isinstance(ttl, tuple), (step, ttl)
+                assert ttl[0] <= model.reset_ms(t) <= ttl[1], (step, ttl)
+            else:
+                kept = check_state_hash(t + model.reset_ms(t), t, ttl, deadline, kept)
         else:
             assert ttl in (-1, -2), (step, ttl)  # nothing written
+            assert deadline is None or deadline == kept, (step, deadline)
         if op == "peek" and admits:
             assert decision.reason == "not_consumed", step
         assert decision.remaining == model.available(t), step
@@ -374,6 +383,18 @@ def check_trace(algorithm, limit, period, capacity, trace):
             assert retry >= 1, step
             assert model.admits(t + retry, cost), step
             assert not model.admits(t + retry - 1, cost), step
+
+
+def check_state_hash(needed, t, ttl, deadline, kept):
+    """The state hash lives at least until ``needed`` (the state is full
+    again): extended by a quarter of the time needed (1 s at least) when its
+    deadline fell short, else untouched. Returns the deadline."""
+    if kept >= needed:
+        assert deadline == kept and ttl in (-1, -2), (needed, kept, deadline, ttl)
+        return kept
+    assert deadline == needed + max(1000, (needed - t) // 4), (needed, t, deadline)
+    assert isinstance(ttl, tuple) and ttl[0] <= deadline - t <= ttl[1], ttl
+    return deadline
 
 
 PROPERTY_SETTINGS = settings(
@@ -398,11 +419,11 @@ def test_engine_matches_the_definition(make_limiter, redis_client, algorithm, da
     # time and its "already expired?" check; with a 1 ms TTL (the log with a
     # 1 ms period) that drops state the manual clock still needs, about once
     # in 2000 writes. Production is unaffected: by then the state is stale.
-    for _, op, _, decision, ttl in trace:
+    for _, op, _, decision, ttl, _ in trace:
         if op == "hit" and decision.allowed and ttl == -2:
             assume(ms(decision.reset_after) > 1)
     check_trace(algorithm, limit, period, capacity, trace)
-    for reason in sorted({decision.reason for _, _, _, decision, _ in trace}):
+    for reason in sorted({decision.reason for _, _, _, decision, *_ in trace}):
         event(f"reason {reason}")
 
 
@@ -435,4 +456,4 @@ def test_redis_time_denies_the_sixth_hit(make_limiter, redis_client, algorithm):
     assert 0 < decisions[-1].retry_after <= MAX_RETRY_S[algorithm]
     assert 0 < decisions[-1].reset_after <= 20
     (key,) = limiter.keys_for([_rule(identity, "5/10s", algorithm, None)])
-    assert 0 < redis_client.pttl(key) <= 20_000
+    assert 0 < redis_client.pttl(key) <= 20_000 + 5_000  # a quarter more for a hash

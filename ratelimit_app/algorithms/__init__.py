@@ -11,7 +11,7 @@ from ..types import ALGORITHMS, LEASE_ALGORITHMS
 
 # Fields per rule in ARGV and per rule in the reply; see driver.lua. The
 # "lease" mode adds one to ARGV (units wanted) and three to the reply.
-ARGV_FIELDS = 8
+ARGV_FIELDS = 9
 REPLY_FIELDS = 4
 LEASE_REPLY_FIELDS = 7
 

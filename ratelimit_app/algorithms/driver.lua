@@ -1,12 +1,15 @@
 -- driver: evaluates many rules in one call, all-or-nothing; concatenated last.
--- KEYS: one state key per rule (distinct keys), then, when usage is counted,
---   the live usage hash of the first rule's shard (see ratelimit_app/usage.py).
+-- KEYS: per rule, where its state lives: its identity's state hash (rules of
+--   one identity repeat it), or its own key for an algorithm that COMMITS;
+--   then, when usage is counted, the live usage hash of the first rule's
+--   shard (see ratelimit_app/usage.py).
 -- ARGV: mode ("hit", "peek" or "lease"), now_ms ("" = Redis TIME; a test clock passes
 --   milliseconds), usage TTL ms ("" = do not count), offenders kept per shard,
---   the rules' usage group ("" = none; see "Usage" below), then 8 fields per
+--   the rules' usage group ("" = none; see "Usage" below), then 9 fields per
 --   rule: algorithm, limit, period_ms, capacity, cost, shadow ("1" or "0"),
---   scope, label (the identity as safe to display);
---   in "lease" mode a 9th: the units wanted (0: not leased; see leases.py).
+--   scope, field (its state's field in the hash), label (the identity as
+--   safe to display); in "lease" mode a 10th: the units wanted (0: not
+--   leased; see leases.py).
 -- Returns: {allowed (1/0), then 4 integers per rule: status, remaining,
 --   reset_after_ms, retry_after_ms (-1 = never)}; in "lease" mode 3 more per
 --   rule: units granted (the cost, or more for a leased rule), the lease's
@@ -36,8 +39,33 @@ if not now then
 end
 local mode = ARGV[1]
 local leasing = mode == 'lease'
-local FIELDS, HEADER = leasing and 9 or 8, 5
+local FIELDS, HEADER = leasing and 10 or 9, 5
 local rules = (#ARGV - HEADER) / FIELDS
+
+-- The state of every rule kept in a hash: one HMGET per hash (its DEADLINE
+-- first, then its rules' fields). inputs[i]: what rule i's algorithm reads.
+local inputs, hashes, rules_of, deadlines = {}, {}, {}, {}
+for i = 1, rules do
+  if COMMITS[ARGV[HEADER + (i - 1) * FIELDS + 1]] then
+    inputs[i] = KEYS[i]
+  else
+    local key = KEYS[i]
+    local of = rules_of[key]
+    if not of then
+      of = {}
+      rules_of[key] = of
+      hashes[#hashes + 1] = key
+    end
+    of[#of + 1] = i
+  end
+end
+for _, key in ipairs(hashes) do
+  local of, fields = rules_of[key], {}
+  for j, i in ipairs(of) do fields[j] = ARGV[HEADER + (i - 1) * FIELDS + 8] end
+  local values = redis.call('HMGET', key, DEADLINE, unpack(fields))
+  deadlines[key] = tonumber(values[1]) or 0
+  for j, i in ipairs(of) do inputs[i] = values[j + 1] end
+end
 
 -- Pass 1: every rule's verdict, nothing written. Flat: 6 slots per rule.
 local verdicts = {}
@@ -50,7 +78,7 @@ for i = 1, rules do
   end
   local capacity, cost = tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5])
   local ok, available, retry, reset_now, reset_next, state = algorithm(
-    KEYS[i], now, tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), capacity, cost)
+    inputs[i], now, tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), capacity, cost)
   local status
   status, retry = status_of(ok, cost, capacity, retry)
   if status ~= 0 then
@@ -68,9 +96,11 @@ local usage_key = KEYS[rules + 1]
 local minute = int(math.floor(now / 60000))
 local grouped = usage_ttl and mode == 'hit' and admitted and ARGV[5] ~= ''
 
--- Pass 2: consume from every rule that had room, only if nothing blocked.
+-- Pass 2: consume from every rule that had room, only if nothing blocked;
+-- each hash's new states are written together after it (writes, needed).
 local consume = mode ~= 'peek' and not blocked
 local reply = {blocked and 0 or 1}
+local writes, needed = {}, {}
 for i = 1, rules do
   local base, v = HEADER + (i - 1) * FIELDS, (i - 1) * 6
   local status, remaining, retry = verdicts[v + 1], verdicts[v + 2], verdicts[v + 3]
@@ -82,9 +112,9 @@ for i = 1, rules do
     granted = cost
     local lease = leasing and LEASES[name]
     if lease then
-      granted = math.max(cost, math.min(tonumber(ARGV[base + 9]), remaining))
+      granted = math.max(cost, math.min(tonumber(ARGV[base + 10]), remaining))
       if granted > cost then  -- the state after taking `granted` units
-        local _, _, _, _, reset_next, state = ALGORITHMS[name](KEYS[i], now,
+        local _, _, _, _, reset_next, state = ALGORITHMS[name](inputs[i], now,
           tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4]), granted)
         verdicts[v + 5], verdicts[v + 6] = reset_next, state
       end
@@ -95,7 +125,15 @@ for i = 1, rules do
     if commit then
       commit(KEYS[i], now, tonumber(ARGV[base + 3]), cost)
     else
-      redis.call('SET', KEYS[i], verdicts[v + 6], 'PX', verdicts[v + 5])
+      local key = KEYS[i]
+      local updates = writes[key]
+      if not updates then
+        updates = {}
+        writes[key], needed[key] = updates, 0
+      end
+      updates[#updates + 1] = ARGV[base + 8]
+      updates[#updates + 1] = verdicts[v + 6]
+      needed[key] = math.max(needed[key], now + verdicts[v + 5])
     end
     remaining, reset = remaining - granted, verdicts[v + 5]
     if usage_ttl and not grouped then
@@ -107,7 +145,7 @@ for i = 1, rules do
       reset = RESETS[ARGV[base + 1]](KEYS[i], now, tonumber(ARGV[base + 3]))
     end
     if usage_ttl and (status == 1 or status == 3) then
-      count_denial(usage_key, minute, ARGV[base + 7], KEYS[i], ARGV[base + 8],
+      count_denial(usage_key, minute, ARGV[base + 7], KEYS[i], ARGV[base + 9],
         ARGV[base + 6] == '1', usage_ttl, tonumber(ARGV[4]))
     end
   end
@@ -120,6 +158,9 @@ for i = 1, rules do
     reply[#reply + 1] = mark
     reply[#reply + 1] = horizon
   end
+end
+for _, key in ipairs(hashes) do
+  if writes[key] then store(key, writes[key], needed[key], deadlines[key], now) end
 end
 if grouped then count_group(usage_key, minute, ARGV[5], KEYS[1], usage_ttl) end
 return reply

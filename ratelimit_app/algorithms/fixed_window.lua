@@ -1,13 +1,13 @@
 -- fixed_window: at most `capacity` units per window of `period` ms; windows
 -- are aligned to the Unix epoch.
--- KEYS: the counter key, a string "window_start_ms:used".
+-- State (a field of the identity's state hash): "window_start_ms:used".
 -- ARGV (per rule, unpacked by the driver): limit, period_ms, capacity, cost.
 -- Returns: ok, available, retry, reset_now, reset_next, state (see prelude).
--- TTL: the rest of the window (<= period).
-ALGORITHMS.fixed_window = function(key, now, limit, period, capacity, cost)
+-- Needed for: the rest of the window (<= period).
+ALGORITHMS.fixed_window = function(value, now, limit, period, capacity, cost)
   local start = now - now % period
   local used = 0
-  local s, u = parse_state(redis.call('GET', key), '^(%d+):(%d+)$')
+  local s, u = parse_state(value, '^(%d+):(%d+)$')
   if s and tonumber(s) == start then used = tonumber(u) end
   local left = period - (now - start)
   local available = math.max(0, capacity - used)

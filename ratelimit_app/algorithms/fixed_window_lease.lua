@@ -9,15 +9,14 @@ LEASES.fixed_window = {
   horizon = function(now, period)
     return period - now % period
   end,
-  give_back = function(key, now, limit, period, capacity, units, mark)
+  give_back = function(key, field, now, limit, period, capacity, units, mark)
     local start = now - now % period
     if start ~= mark then return 0 end
-    local s, u = parse_state(redis.call('GET', key), '^(%d+):(%d+)$')
+    local s, u = parse_state(redis.call('HGET', key, field), '^(%d+):(%d+)$')
     if not s or tonumber(s) ~= start then return 0 end
     local back = math.min(units, tonumber(u))
     if back > 0 then
-      redis.call('SET', key, int(start) .. ':' .. int(tonumber(u) - back),
-        'PX', period - (now - start))
+      redis.call('HSET', key, field, int(start) .. ':' .. int(tonumber(u) - back))
     end
     return back
   end,

@@ -11,18 +11,18 @@ LEASES.gcra = {
   horizon = function()
     return -1
   end,
-  give_back = function(key, now, limit, period, capacity, units, mark)
-    local t, f = parse_state(redis.call('GET', key), '^(%d+):(%d+)$')
+  give_back = function(key, field, now, limit, period, capacity, units, mark)
+    local t, f = parse_state(redis.call('HGET', key, field), '^(%d+):(%d+)$')
     if not t then return 0 end
     local debt = math.max(0, (tonumber(t) - now) * limit + tonumber(f))
     local credit = math.min(units * period, math.max(0, (mark - now) * limit), debt)
     if credit <= 0 then return 0 end
     debt = debt - credit
     if debt == 0 then
-      redis.call('DEL', key)
+      redis.call('HDEL', key, field)
     else
-      redis.call('SET', key, int(now + math.floor(debt / limit)) .. ':' .. int(debt % limit),
-        'PX', ceil_div(debt, limit))
+      redis.call('HSET', key, field,
+        int(now + math.floor(debt / limit)) .. ':' .. int(debt % limit))
     end
     return math.floor(credit / period)
   end,

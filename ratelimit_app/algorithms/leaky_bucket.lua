@@ -1,15 +1,16 @@
 -- leaky_bucket: the leaky bucket as a meter. Each request pours `cost` into
 -- a bucket of `capacity` that leaks `limit` units per `period` ms; a request
 -- that would overflow it is denied (never queued or delayed).
--- KEYS: a string "level_scaled:updated_ms"; the level is scaled by `period`
+-- State (a field of the identity's state hash): "level_scaled:updated_ms";
+-- the level is scaled by `period`
 -- so the leak (`limit` scaled units per ms) stays in integers.
 -- ARGV (per rule, unpacked by the driver): limit, period_ms, capacity, cost.
 -- Returns: ok, available, retry, reset_now, reset_next, state (see prelude).
--- TTL: the time for the bucket to drain completely.
-ALGORITHMS.leaky_bucket = function(key, now, limit, period, capacity, cost)
+-- Needed for: the time for the bucket to drain completely.
+ALGORITHMS.leaky_bucket = function(value, now, limit, period, capacity, cost)
   local full = capacity * period
   local level = 0
-  local l, ts = parse_state(redis.call('GET', key), '^(%d+):(%d+)$')
+  local l, ts = parse_state(value, '^(%d+):(%d+)$')
   if l then
     level = tonumber(l)
     local elapsed = now - tonumber(ts)

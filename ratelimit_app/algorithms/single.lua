@@ -11,9 +11,15 @@ local algorithm = ALGORITHMS[name]
 if not algorithm then
   return redis.error_reply('ratelimit: unknown algorithm ' .. tostring(name))
 end
+local commit = COMMITS[name]
+local input, deadline = key, 0
+if not commit then  -- a field of the identity's state hash, and its DEADLINE
+  local values = redis.call('HMGET', key, DEADLINE, ARGV[12])
+  deadline, input = tonumber(values[1]) or 0, values[2]
+end
 local period, capacity, cost = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local ok, remaining, retry, reset, reset_next, state = algorithm(
-  key, now, tonumber(ARGV[6]), period, capacity, cost)
+  input, now, tonumber(ARGV[6]), period, capacity, cost)
 local status
 status, retry = status_of(ok, cost, capacity, retry)
 local shadow = ARGV[10] == '1'
@@ -22,11 +28,10 @@ local hit = ARGV[1] == 'hit'
 local ttl = hit and tonumber(ARGV[3])
 local minute = ttl and int(math.floor(now / 60000))
 if status == 0 and hit then
-  local commit = COMMITS[name]
   if commit then
     commit(key, now, period, cost)
   else
-    redis.call('SET', key, state, 'PX', reset_next)
+    store(key, {ARGV[12], state}, now + reset_next, deadline, now)
   end
   remaining, reset = remaining - cost, reset_next
   if ttl then count_admission(KEYS[2], minute, ARGV[11], key, cost, ttl) end
@@ -34,7 +39,7 @@ else
   if status == 0 then status = 2 end
   if not reset then reset = RESETS[name](key, now, period) end
   if ttl and status ~= 2 then
-    count_denial(KEYS[2], minute, ARGV[11], key, ARGV[12], shadow, ttl, tonumber(ARGV[4]))
+    count_denial(KEYS[2], minute, ARGV[11], key, ARGV[13], shadow, ttl, tonumber(ARGV[4]))
   end
 end
 return {blocked and 0 or 1, status, remaining, reset, retry}

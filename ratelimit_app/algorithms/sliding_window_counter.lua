@@ -1,14 +1,14 @@
 -- sliding_window_counter: the two-window weighted estimate. The previous
 -- window's count weighs (period - elapsed) / period; a request passes when
 -- previous * weight + current + cost <= capacity. Windows align to the epoch.
--- KEYS: a string "window_start_ms:current:previous".
+-- State (a field of the identity's state hash): "window_start_ms:current:previous".
 -- ARGV (per rule, unpacked by the driver): limit, period_ms, capacity, cost.
 -- Returns: ok, available, retry, reset_now, reset_next, state (see prelude).
--- TTL: until the current window's count stops weighing (<= 2 * period).
-ALGORITHMS.sliding_window_counter = function(key, now, limit, period, capacity, cost)
+-- Needed for: until the current window's count stops weighing (<= 2 * period).
+ALGORITHMS.sliding_window_counter = function(value, now, limit, period, capacity, cost)
   local start = now - now % period
   local current, previous = 0, 0
-  local s, c, p = parse_state(redis.call('GET', key), '^(%d+):(%d+):(%d+)$')
+  local s, c, p = parse_state(value, '^(%d+):(%d+):(%d+)$')
   if s then
     s = tonumber(s)
     if s == start then

@@ -1,5 +1,6 @@
 -- sliding_window_log: exact; at most `capacity` units in any `period` ms.
--- KEYS: a sorted set, one member per unit scored by its time in ms, plus the
+-- Its own key (not a hash field): a sorted set, one member per unit scored
+-- by its time in ms, plus the
 -- member "#seq" (negative score) that numbers members uniquely.
 -- ARGV (per rule, unpacked by the driver): limit, period_ms, capacity, cost.
 -- Returns: ok, available, retry, nil (see RESETS), reset_next, nil; writes

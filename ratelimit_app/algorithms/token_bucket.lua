@@ -1,13 +1,14 @@
 -- token_bucket: a bucket of `capacity` tokens, full at first, refilled at
 -- `limit` tokens per `period` ms; a request takes `cost` tokens.
--- KEYS: a string "tokens_scaled:updated_ms"; tokens are scaled by `period`
+-- State (a field of the identity's state hash): "tokens_scaled:updated_ms";
+-- tokens are scaled by `period`
 -- so refill (`limit` scaled units per ms) stays in integers.
 -- ARGV (per rule, unpacked by the driver): limit, period_ms, capacity, cost.
 -- Returns: ok, available, retry, reset_now, reset_next, state (see prelude).
--- TTL: the time to refill completely.
--- The scaled tokens in the bucket at `now` (full when the key is absent).
-local function tokens_at(key, now, limit, full)
-  local t, ts = parse_state(redis.call('GET', key), '^(%d+):(%d+)$')
+-- Needed for: the time to refill completely.
+-- The scaled tokens in the bucket at `now` (full when the state is absent).
+local function tokens_at(value, now, limit, full)
+  local t, ts = parse_state(value, '^(%d+):(%d+)$')
   if not t then return full end
   local tokens = math.min(full, tonumber(t))
   local elapsed = now - tonumber(ts)
@@ -21,9 +22,9 @@ local function tokens_at(key, now, limit, full)
   return tokens
 end
 
-ALGORITHMS.token_bucket = function(key, now, limit, period, capacity, cost)
+ALGORITHMS.token_bucket = function(value, now, limit, period, capacity, cost)
   local full = capacity * period
-  local tokens = tokens_at(key, now, limit, full)
+  local tokens = tokens_at(value, now, limit, full)
   local need = cost * period
   local ok = tokens >= need
   local retry = ok and 0 or ceil_div(need - tokens, limit)

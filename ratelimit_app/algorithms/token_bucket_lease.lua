@@ -12,17 +12,17 @@ LEASES.token_bucket = {
   horizon = function()
     return -1
   end,
-  give_back = function(key, now, limit, period, capacity, units, mark)
+  give_back = function(key, field, now, limit, period, capacity, units, mark)
     local full = capacity * period
-    local tokens = tokens_at(key, now, limit, full)
+    local tokens = tokens_at(redis.call('HGET', key, field), now, limit, full)
     local credit = math.min(units * period, math.max(0, (mark - now) * limit),
       full - tokens)
     if credit <= 0 then return 0 end
     tokens = tokens + credit
     if tokens >= full then
-      redis.call('DEL', key)
+      redis.call('HDEL', key, field)
     else
-      redis.call('SET', key, int(tokens) .. ':' .. int(now), 'PX', ceil_div(full - tokens, limit))
+      redis.call('HSET', key, field, int(tokens) .. ':' .. int(now))
     end
     return math.floor(credit / period)
   end,
