@@ -54,7 +54,7 @@ def now_ms() -> float:
 
 
 def digest_of(key: str) -> str:
-    """The identity digest of ``<prefix>{s<N>}:<digest>:<scope>:<alg>``."""
+    """The identity digest of a state key, ``<prefix>{s<N>}:<digest>:...``."""
     return key[key.index("}") + 2 :].split(":", 1)[0]
 
 

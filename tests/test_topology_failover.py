@@ -23,6 +23,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from ratelimit_app.backends import redis as backend
 from ratelimit_app.backends.topology import client_from_url
+from ratelimit_app.keys import state_field
 from ratelimit_app.limiter import Limiter
 from ratelimit_app.testing import ManualClock
 from tests.policy_helpers import policies
@@ -41,6 +42,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.alone]
 LIMIT = 1500
 RATE = f"{LIMIT}/d"
 SCOPE, IDENTITY = "failover", "one-key"
+STATE_FIELD = state_field(SCOPE, "fixed_window")
 WORKERS = 4
 # A replica frozen this long before the kill misses the writes acknowledged
 # meanwhile (see kill_with_replication_lag).
@@ -57,8 +59,8 @@ def limiter_for(client, prefix: str) -> Limiter:
 
 
 def state_key(prefix: str) -> str:
-    keys = limiter_for(None, prefix).reset_keys(SCOPE, IDENTITY)
-    return next(key for key in keys if key.endswith(":fw"))
+    """The client's state hash; its fixed window is the field STATE_FIELD."""
+    return limiter_for(None, prefix).state_hash(IDENTITY)
 
 
 def hammer(url, prefix, stop, admitted_so_far, limited, results):
@@ -207,7 +209,7 @@ def test_cluster_primary_killed_under_load(prefix, lag_s):
             )
 
         def counter() -> int:
-            return used_in(command(cluster.node_of(key), "GET", key))
+            return used_in(command(cluster.node_of(key), "HGET", key, STATE_FIELD))
 
         name = f"cluster-{'lagging' if lag_s else 'in-sync'}"
         check(run_under_load(name, cluster.url, prefix, fail_over, counter), lag_s)
@@ -235,7 +237,7 @@ def test_sentinel_primary_killed_under_load(prefix, lag_s):
 
         def counter() -> int:
             new = sentinels.server_on(sentinels.master_port())
-            return used_in(command(new, "GET", key))
+            return used_in(command(new, "HGET", key, STATE_FIELD))
 
         name = f"sentinel-{'lagging' if lag_s else 'in-sync'}"
         check(run_under_load(name, sentinels.url, prefix, fail_over, counter), lag_s)
