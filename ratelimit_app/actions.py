@@ -65,7 +65,7 @@ def log_change(user, policies: Iterable[Policy], message: str | list) -> None:
 
 
 def reset_policies(queryset, user) -> int:
-    """Forget every client's counters of each policy; return the states deleted.
+    """Forget every client's counters of each policy; return how many were deleted.
 
     The keys hold hashed identities, so there is no list of clients to walk:
     this SCANs the keyspace for the policy's keys. That is O(keyspace) work
@@ -78,7 +78,7 @@ def reset_policies(queryset, user) -> int:
         log_change(
             user,
             [policy],
-            f"Reset the counters of every client ({deleted} client states deleted).",
+            f"Reset the counters of every client ({deleted} deleted).",
         )
         total += deleted
     return total

@@ -372,9 +372,7 @@ def test_reset_counters_forgets_every_client_of_the_selected_policies(admin_clie
     fixed = limiter.peek(target.name, clients[0], "5/m", algorithm="fixed_window")
     assert fixed.remaining == 5
     (entry,) = history(target)
-    assert entry.change_message == (
-        "Reset the counters of every client (4 client states deleted)."
-    )
+    assert entry.change_message == ("Reset the counters of every client (4 deleted).")
     assert history(lookalike) == []
     assert "4 counters deleted." in [str(m) for m in response.context["messages"]]
 
