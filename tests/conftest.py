@@ -7,7 +7,7 @@ import uuid
 import pytest
 import redis
 
-from ratelimit_app.testing import ManualClock
+from ratelimit_app.testing import ManualClock, RedisServer
 from tests.persisting_client import PersistingClient
 from tests.redis_env import ensure_redis_url
 
@@ -34,6 +34,23 @@ def key_prefix(redis_client):
     keys = list(redis_client.scan_iter(match=f"{prefix}*", count=1000))
     if keys:
         redis_client.delete(*keys)
+
+
+@pytest.fixture
+def private_redis_server():
+    """A redis-server of this test's own (its keys, commandstats and clients
+    meet no other test's), stopped afterwards."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_redis(private_redis_server):
+    """A client of ``private_redis_server``: INFO commandstats sees its calls only."""
+    client = redis.Redis.from_url(private_redis_server.url)
+    yield client
+    client.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis
 
 from bench.http import (
     ALL,
@@ -35,7 +34,6 @@ from bench.http_site import (
     STORM_UNCACHED,
     STORMS,
 )
-from ratelimit_app.testing import RedisServer
 from tests.bench_runs import run_bench
 
 
@@ -49,16 +47,6 @@ def row_of(rows: list[str], contender: str, after: str = "") -> list[str]:
     label = f"| {LABELS[contender]}"
     row = next(row for row in rows[start:] if row.startswith(label))
     return [cell.strip() for cell in row.strip("|").split("|")]
-
-
-@pytest.fixture
-def private_redis():
-    """A redis-server of this test's own: INFO commandstats sees its calls only."""
-    server = RedisServer().start()
-    client = redis.Redis.from_url(server.url)
-    yield client
-    client.close()
-    server.stop()
 
 
 def test_commands_between_two_readings_count_each_call_once(private_redis):

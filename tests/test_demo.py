@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from ratelimit_app.testing import RedisServer, free_port, redis_answers
+from ratelimit_app.testing import free_port, redis_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = "Press Ctrl-C to stop them all."
@@ -290,19 +290,12 @@ def eventually(check, timeout: float, message: str):
         time.sleep(0.2)
 
 
-@pytest.fixture
-def private_redis():
-    """A Redis of the test's own: the demo's default key prefix, snapshot and
-    Celery queues then meet no other test."""
-    server = RedisServer().start()
-    yield server.url
-    server.stop()
-
-
 def test_demo_limits_admin_edit_applies_celery_runs_ctrl_c_stops_all(
-    tmp_path, private_redis
+    tmp_path, private_redis_server
 ):
     sqlite = tmp_path / "demo.sqlite3"
+    # A Redis of its own: the demo's keys and Celery queues meet no other test.
+    private_redis = private_redis_server.url
     demo = Demo(sqlite, redis_url=private_redis)
     try:
         demo.wait_ready()

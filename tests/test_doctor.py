@@ -19,7 +19,7 @@ from django.test import override_settings
 
 from ratelimit_app import doctor
 from ratelimit_app.doctor import FAIL, OK, UNKNOWN, WARN, Fixes
-from ratelimit_app.testing import RedisServer, free_port
+from ratelimit_app.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,15 +46,8 @@ def statuses(output: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def private_redis():
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def admin(private_redis):
-    client = redis.Redis.from_url(private_redis.url)
+def admin(private_redis_server):
+    client = redis.Redis.from_url(private_redis_server.url)
     yield client
     client.close()
 
@@ -71,10 +64,10 @@ def test_a_healthy_setup_is_all_ok(redis_url):
 @pytest.mark.parametrize(
     "policy", ["allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru"]
 )
-def test_an_evicting_policy_warns_with_the_fix(private_redis, admin, policy):
+def test_an_evicting_policy_warns_with_the_fix(private_redis_server, admin, policy):
     admin.config_set("maxmemory", "100mb")
     admin.config_set("maxmemory-policy", policy)
-    code, output = run_doctor(REDIS_URL=private_redis.url)
+    code, output = run_doctor(REDIS_URL=private_redis_server.url)
     assert code == 1
     assert statuses(output)["eviction"] == WARN
     assert f"maxmemory-policy {policy}" in output
@@ -86,10 +79,12 @@ def test_an_evicting_policy_warns_with_the_fix(private_redis, admin, policy):
 @pytest.mark.parametrize(
     ("maxmemory", "policy"), [("100mb", "noeviction"), ("0", "allkeys-lru")]
 )
-def test_noeviction_or_no_maxmemory_is_ok(private_redis, admin, maxmemory, policy):
+def test_noeviction_or_no_maxmemory_is_ok(
+    private_redis_server, admin, maxmemory, policy
+):
     admin.config_set("maxmemory", maxmemory)
     admin.config_set("maxmemory-policy", policy)
-    code, output = run_doctor(REDIS_URL=private_redis.url)
+    code, output = run_doctor(REDIS_URL=private_redis_server.url)
     assert (code, statuses(output)["eviction"]) == (0, OK), output
 
 
@@ -152,15 +147,15 @@ def test_beat_tasks_are_not_needed_without_usage_counting(redis_url):
     assert (code, statuses(output)["beat"]) == (0, OK)
 
 
-def limited_user(admin, private_redis, *rules: str) -> str:
+def limited_user(admin, private_redis_server, *rules: str) -> str:
     """The URL of an ACL user with ``rules`` on the private server."""
     admin.acl_setuser("doctor", enabled=True, passwords=["+pw"], keys=["*"])
     admin.execute_command("ACL", "SETUSER", "doctor", "+@all", *rules)
-    return f"redis://doctor:pw@127.0.0.1:{private_redis.port}/0"
+    return f"redis://doctor:pw@127.0.0.1:{private_redis_server.port}/0"
 
 
-def test_config_get_refused_is_reported_as_could_not_check(admin, private_redis):
-    url = limited_user(admin, private_redis, "-config")
+def test_config_get_refused_is_reported_as_could_not_check(admin, private_redis_server):
+    url = limited_user(admin, private_redis_server, "-config")
     code, output = run_doctor(REDIS_URL=url)
     assert statuses(output)["eviction"] == UNKNOWN
     assert "could not check: CONFIG GET was refused" in output
@@ -169,8 +164,8 @@ def test_config_get_refused_is_reported_as_could_not_check(admin, private_redis)
     assert "redis://doctor:***@" in output
 
 
-def test_lua_refused_fails(admin, private_redis):
-    url = limited_user(admin, private_redis, "-@scripting")
+def test_lua_refused_fails(admin, private_redis_server):
+    url = limited_user(admin, private_redis_server, "-@scripting")
     code, output = run_doctor(REDIS_URL=url)
     assert code == 2
     assert statuses(output)["scripting"] == FAIL

@@ -7,14 +7,12 @@ import time
 from itertools import islice
 
 import pytest
-import redis
 
 from ratelimit_app import fallback
 from ratelimit_app.identity import _cached_label, display_label
 from ratelimit_app.keys import _cached_identity_base, identity_base
 from ratelimit_app.limiter import Limiter, spec_of
 from ratelimit_app.rates import parse_rate
-from ratelimit_app.testing import RedisServer
 from ratelimit_app.types import ALGORITHMS
 
 SECRET = b"keys-test-secret-0123456789"
@@ -129,24 +127,15 @@ def _pttls(client, keys: list[bytes]) -> dict[bytes, int]:
     return dict(zip(keys, pipe.execute(), strict=True))
 
 
-@pytest.fixture
-def scale_redis():
-    server = RedisServer().start()
-    client = redis.Redis.from_url(server.url)
-    yield client
-    client.close()
-    server.stop()
-
-
 @pytest.mark.slow
-def test_a_million_clients_leave_every_key_with_a_ttl(scale_redis):
+def test_a_million_clients_leave_every_key_with_a_ttl(private_redis):
     started = time.monotonic()
     window = int(time.time() // 86400)
-    limiter = Limiter(client=scale_redis, prefix=PREFIX, secret=SECRET, shards=1024)
-    hit_in_batches(limiter, scale_redis, million_identities())
+    limiter = Limiter(client=private_redis, prefix=PREFIX, secret=SECRET, shards=1024)
+    hit_in_batches(limiter, private_redis, million_identities())
     # The first clients come back (same identity, same algorithm) and are denied.
-    hit_in_batches(limiter, scale_redis, islice(million_identities(), DENIED))
-    ttls = ttls_of_every_key(scale_redis)
+    hit_in_batches(limiter, private_redis, islice(million_identities(), DENIED))
+    ttls = ttls_of_every_key(private_redis)
 
     no_ttl = [key for key, ttl in ttls.items() if ttl == -1]
     assert no_ttl == [], no_ttl[:10]

@@ -4,10 +4,8 @@ one HSET per call, and a TTL kept by the hash's deadline field."""
 from __future__ import annotations
 
 import pytest
-import redis
 
 from ratelimit_app.keys import DEADLINE_FIELD, OWN_KEY_ALGORITHMS, state_field
-from ratelimit_app.testing import RedisServer
 from ratelimit_app.types import ALGORITHMS, Rule
 
 RATE = "5/10s"
@@ -17,16 +15,6 @@ HASHED = [a for a in ALGORITHMS if a not in OWN_KEY_ALGORITHMS]
 def command_calls(client) -> dict[str, int]:
     stats = client.info("commandstats")
     return {name.removeprefix("cmdstat_"): s["calls"] for name, s in stats.items()}
-
-
-@pytest.fixture
-def own_redis():
-    """A redis-server of this test's own: INFO commandstats sees its calls only."""
-    server = RedisServer().start()
-    client = redis.Redis.from_url(server.url)
-    yield client
-    client.close()
-    server.stop()
 
 
 def test_the_rules_of_one_identity_share_one_state_hash(make_limiter, redis_client):
@@ -40,17 +28,17 @@ def test_the_rules_of_one_identity_share_one_state_hash(make_limiter, redis_clie
     assert fields == expected | {DEADLINE_FIELD}
 
 
-def test_three_policies_cost_one_hmget_and_one_hset(make_limiter, own_redis):
+def test_three_policies_cost_one_hmget_and_one_hset(make_limiter, private_redis):
     """Besides TIME and the usage counters: no GET or SET per rule, and no
     PEXPIRE while the hash's deadline covers every state."""
-    limiter = make_limiter(client=own_redis)
+    limiter = make_limiter(client=private_redis)
     # Fixed windows: their states are needed until the window's end, which
     # the first call's deadline covers (a GCRA's debt would outgrow it).
     rules = [Rule(f"three-{n}", "client", "1000/h", "fixed_window") for n in range(3)]
     limiter.hit_many(rules)  # the first call creates the hash and sets its TTL
-    before = command_calls(own_redis)
+    before = command_calls(private_redis)
     limiter.hit_many(rules)
-    after = command_calls(own_redis)
+    after = command_calls(private_redis)
     calls = {k: v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)}
     calls.pop("info", None)
     script = {"fcall": 1} if "fcall" in calls else {"evalsha": 1}
