@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from . import conf, deny_cache, fallback, leases, usage
 from .algorithms import LEASE_REPLY_FIELDS, REPLY_FIELDS, Script, script_for
@@ -508,8 +508,13 @@ class Limiter:
 
     def reset(self, scope: str, identity: Identity) -> None:
         """Forget every algorithm's state for this scope and identity."""
-        client = self.client
-        client.hdel(self.state_hash(identity), *hash_fields(scope))
+        client, key = self.client, self.state_hash(identity)
+        try:
+            client.hdel(key, *hash_fields(scope))
+        except ResponseError as exc:
+            if not _wrong_type(exc):
+                raise
+            client.delete(key)  # not a hash: no state of this engine's
         client.delete(*self.reset_keys(scope, identity))
         self.forget_denials()
 
@@ -676,8 +681,13 @@ class Limiter:
         return to_decision(reply, 0, spec.capacity, scope, False)
 
     async def areset(self, scope: str, identity: Identity) -> None:
-        client = self.async_client
-        await client.hdel(self.state_hash(identity), *hash_fields(scope))
+        client, key = self.async_client, self.state_hash(identity)
+        try:
+            await client.hdel(key, *hash_fields(scope))
+        except ResponseError as exc:
+            if not _wrong_type(exc):
+                raise
+            await client.delete(key)  # not a hash: no state of this engine's
         await client.delete(*self.reset_keys(scope, identity))
         if self.deny is not None:
             await client.set(self.epoch_key, _token(), ex=deny_cache.EPOCH_TTL)
@@ -724,6 +734,11 @@ def any_denied(decisions: list[Decision]) -> bool:
         if not decision.allowed:
             return True
     return False
+
+
+def _wrong_type(exc: ResponseError) -> bool:
+    """Redis refused a command for the type of the key it names."""
+    return str(exc).startswith("WRONGTYPE")
 
 
 def _kind(mode: str, rules: int) -> str:

@@ -102,3 +102,57 @@ def test_a_reset_leaves_the_identitys_other_policies(limiter):
     for algorithm in ALGORITHMS:
         assert limiter.peek("reset", "client", RATE, algorithm=algorithm).remaining == 5
         assert limiter.peek("kept", "client", RATE, algorithm=algorithm).remaining == 3
+
+
+@pytest.mark.parametrize("algorithm", HASHED)
+@pytest.mark.parametrize("rules", [1, 2], ids=["one-rule", "driver"])
+def test_a_garbled_state_reads_as_a_fresh_client(
+    make_limiter, redis_client, algorithm, rules
+):
+    limiter = make_limiter()
+    rule = Rule("garbled-state", "client", RATE, algorithm)
+    other = Rule("other", "client", RATE, "gcra")
+    key = limiter.keys_for([rule])[0]
+    redis_client.hset(key, state_field(rule.scope, algorithm), "12:not-a-state")
+    decisions = limiter.hit_many([rule, other][:rules])
+    assert decisions[0].allowed and decisions[0].remaining == 4
+    assert (
+        redis_client.hget(key, state_field(rule.scope, algorithm)) != b"12:not-a-state"
+    )
+
+
+@pytest.mark.parametrize("rules", [1, 2], ids=["one-rule", "driver"])
+def test_a_state_key_of_another_type_is_replaced(make_limiter, redis_client, rules):
+    """Something else wrote a string where the state hash goes: the client is
+    decided as a fresh one (never an error on each call) and the key becomes
+    its state hash again."""
+    limiter = make_limiter()
+    chosen = [Rule("typed", "client", RATE, "gcra"), Rule("other", "client", RATE)]
+    key = limiter.keys_for(chosen[:1])[0]
+    redis_client.set(key, "not a hash")
+    decisions = limiter.hit_many(chosen[:rules])
+    assert [d.remaining for d in decisions] == [4] * rules
+    assert all(d.reason == "ok" for d in decisions)
+    assert redis_client.type(key) == b"hash"
+    assert limiter.hit_many(chosen[:rules])[0].remaining == 3
+
+
+def test_a_reset_replaces_a_state_key_of_another_type(limiter, redis_client):
+    key = limiter.state_hash("client")
+    redis_client.set(key, "not a hash")
+    limiter.reset("typed", "client")
+    assert not redis_client.exists(key)
+    assert limiter.hit("typed", "client", RATE).remaining == 4
+
+
+@pytest.mark.django_db
+def test_a_policy_reset_skips_a_state_key_of_another_type(redis_client):
+    from ratelimit_app import actions, limiter
+
+    engine = limiter.default_limiter()
+    engine.hit("skipped", "one", RATE, cost=2)
+    stray = engine.state_hash("two")
+    redis_client.set(stray, "not a hash")
+    assert actions.delete_counters("skipped") == 1
+    assert redis_client.get(stray) == b"not a hash"
+    assert engine.peek("skipped", "one", RATE).remaining == 5

@@ -62,7 +62,7 @@ end
 for _, key in ipairs(hashes) do
   local of, fields = rules_of[key], {}
   for j, i in ipairs(of) do fields[j] = ARGV[HEADER + (i - 1) * FIELDS + 8] end
-  local values = redis.call('HMGET', key, DEADLINE, unpack(fields))
+  local values = read_state(key, unpack(fields))
   deadlines[key] = tonumber(values[1]) or 0
   for j, i in ipairs(of) do inputs[i] = values[j + 1] end
 end

@@ -61,6 +61,18 @@ end
 -- The state hash's own field: until when it lives (see the top).
 local DEADLINE = '~'
 
+-- HMGET of a state hash's DEADLINE and then the fields asked. A key of
+-- another type (not written by this engine) is deleted and reads as empty,
+-- so its client is decided as a fresh one instead of failing every call.
+local function read_state(key, ...)
+  local values = redis.pcall('HMGET', key, DEADLINE, ...)
+  if values.err then
+    redis.call('DEL', key)
+    return {}
+  end
+  return values
+end
+
 -- Writes `updates` (field, value, ...) to the state hash `key`, whose DEADLINE
 -- read `deadline` (0 when absent), so that it lives until `needed` at least.
 -- An extension goes a quarter of the time needed beyond it (a second at

@@ -14,7 +14,7 @@ end
 local commit = COMMITS[name]
 local input, deadline = key, 0
 if not commit then  -- a field of the identity's state hash, and its DEADLINE
-  local values = redis.call('HMGET', key, DEADLINE, ARGV[12])
+  local values = read_state(key, ARGV[12])
   deadline, input = tonumber(values[1]) or 0, values[2]
 end
 local period, capacity, cost = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
