@@ -24,6 +24,7 @@ from .fallback import FailMode
 from .identity import display_label
 from .keys import (
     OWN_KEY_ALGORITHMS,
+    STATE_HASH_SUFFIX,
     hash_fields,
     identity_base,
     key_suffix,
@@ -64,6 +65,10 @@ class RuleSpec:
     @property
     def cost(self) -> int:
         return self.argv[4]  # see rule_spec
+
+    @property
+    def field(self) -> str:
+        return self.argv[7]  # its field in the state hash; see rule_spec
 
 
 @dataclass(slots=True)
@@ -226,7 +231,7 @@ class Limiter:
             if base is None:
                 base = bases[identity] = self._base(check_identity(identity))
             keys.append(base + spec.suffix)
-            states.add((base, spec.argv[7]))
+            states.add((base, spec.field))
             args += spec.argv
             args.append(self._label(identity))
             if wants:
@@ -299,7 +304,7 @@ class Limiter:
 
     def state_hash(self, identity: Identity) -> str:
         """The identity's state hash (see keys.key_suffix)."""
-        return rule_key(self._base(check_identity(identity)), "", "gcra")
+        return self._base(check_identity(identity)) + STATE_HASH_SUFFIX
 
     # -- sync API --------------------------------------------------------------
 

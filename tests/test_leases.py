@@ -52,7 +52,7 @@ def give_back(engine, rule, units, mark):
     key = engine.keys_for([rule])[0]
     algorithm, limit, period, capacity = spec.argv[:4]
     script = script_for(frozenset((algorithm,)), "give_back")
-    field = spec.argv[7]  # the rule's field in the state hash
+    field = spec.field  # the rule's field in the state hash
     args = [engine._now(), algorithm, limit, period, capacity, units, mark, field]
     return run_script(engine.client, script, [key], args)
 
